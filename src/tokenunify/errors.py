@@ -1,0 +1,35 @@
+"""Errors that the CLI turns into one clear line and a non-zero exit."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+
+class TokenUnifyError(Exception):
+    """Base class for errors that describe a user problem, not a bug."""
+
+
+class InputError(TokenUnifyError):
+    """Bad input: a missing file, a wrong shape, a bad dtype, NaN, ...
+
+    The message always names the file (and dataset) and the problem, so the CLI
+    can print it as a single line.
+    """
+
+    def __init__(self, where: str | Path, problem: str) -> None:
+        self.where = str(where)
+        self.problem = problem
+        super().__init__(f"{self.where}: {problem}")
+
+
+class OutputError(TokenUnifyError):
+    """An output that exists (without --overwrite) or cannot be written."""
+
+    def __init__(self, where: str | Path, problem: str) -> None:
+        self.where = str(where)
+        self.problem = problem
+        super().__init__(f"{self.where}: {problem}")
+
+
+class ConfigError(TokenUnifyError):
+    """A config file or a key=value override that is wrong."""
