@@ -55,6 +55,12 @@ class Volume:
         return np.dtype(self._array.dtype)
 
     @property
+    def attrs(self) -> dict[str, Any]:
+        """The dataset's own attributes (empty for TIFF)."""
+        attrs = getattr(self._array, "attrs", None)
+        return dict(attrs) if attrs is not None else {}
+
+    @property
     def ndim(self) -> int:
         return len(self.shape)
 

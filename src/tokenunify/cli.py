@@ -1,0 +1,175 @@
+"""The `tokenunify` command line: train, predict, segment, evaluate, demo.
+
+Every volume is named `PATH:DATASET`. A user error (bad input, an existing
+output, a bad config) prints one line naming the file and the problem and
+exits with status 2; nothing partial is written.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+
+from tokenunify.errors import TokenUnifyError
+from tokenunify.runtime import tune_runtime
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, rich_markup_mode=None,
+                  help="Self-supervised pretraining and neuron segmentation of 3D EM volumes.")
+
+CONFIG_HELP = "YAML config; later KEY=VALUE arguments override it (e.g. train.steps=500)."
+
+
+def _triple(values: Optional[List[int]], name: str) -> Optional[tuple[int, int, int]]:
+    if values is None:
+        return None
+    if len(values) != 3:
+        raise typer.BadParameter(f"{name} needs three numbers (z y x)")
+    return (int(values[0]), int(values[1]), int(values[2]))
+
+
+@app.command(epilog="Example: tokenunify train --config configs/fib_medulla.yaml train.steps=2000 out_dir=runs/fib")
+def train(
+    overrides: List[str] = typer.Argument(None, help="KEY=VALUE config overrides."),
+    config: Path = typer.Option(..., "--config", "-c", help=CONFIG_HELP),
+    resume: bool = typer.Option(False, help="Continue the run in out_dir from its last checkpoint."),
+    overwrite: bool = typer.Option(False, help="Start again even if out_dir holds a run."),
+    init: Optional[Path] = typer.Option(None, help="Initialise the network from this checkpoint (fine-tuning)."),
+    progress: bool = typer.Option(True, help="Show a progress bar."),
+) -> None:
+    """Train an affinity network on labelled EM (checkpoints, validation VOI/ARAND, loss PNG)."""
+    from tokenunify.config import apply_overrides, from_dict, load_yaml
+    from tokenunify.segment.settings import TrainSettings
+    from tokenunify.segment.train import train as run_train
+
+    raw = apply_overrides(load_yaml(config), list(overrides or []))
+    if init is not None:
+        raw["init"] = str(init)
+    settings = from_dict(TrainSettings, raw, str(config))
+    summary = run_train(settings, resume=resume, overwrite=overwrite, progress=progress)
+    typer.echo(json.dumps({k: v for k, v in summary.items() if k != "init"}, indent=2, default=str))
+    if summary.get("init"):
+        report = summary["init"]
+        typer.echo(f"initialised from {report['checkpoint']}: {len(report['loaded'])} tensors loaded, {len(report['fresh'])} fresh")
+
+
+@app.command(epilog="Example: tokenunify predict --model runs/fib/checkpoints/best.pt --input data.h5:raw --output out.zarr:affs")
+def predict(
+    model: Path = typer.Option(..., help="Checkpoint written by `tokenunify train`."),
+    input: str = typer.Option(..., "--input", "-i", help="Raw EM volume, PATH:DATASET."),
+    output: str = typer.Option(..., "--output", "-o", help="Affinities to write, PATH:DATASET (zarr recommended)."),
+    block: Optional[List[int]] = typer.Option(None, help="Block shape z y x (default: from the checkpoint's config)."),
+    overlap: Optional[List[int]] = typer.Option(None, help="Overlap between blocks z y x."),
+    bf16: Optional[bool] = typer.Option(None, "--bf16/--fp32", help="bf16 autocast on the CPU."),
+    overwrite: bool = typer.Option(False, help="Replace an existing output."),
+    progress: bool = typer.Option(True, help="Show a progress bar."),
+) -> None:
+    """Predict affinities blockwise over a volume of any size (Gaussian-blended overlaps, output to zarr)."""
+    from tokenunify.segment.run_predict import predict_volume
+
+    result = predict_volume(model, input, output, _triple(block, "--block"), _triple(overlap, "--overlap"), bf16, overwrite, progress)
+    typer.echo(f"wrote {output} {tuple(result['shape'])} in {result['seconds']:.1f} s ({result['voxels_per_second']:.0f} voxels/s)")
+
+
+@app.command(epilog="Example: tokenunify segment --affs out.zarr:affs --output out.zarr:seg --gt data.h5:labels --preview seg.png")
+def segment(
+    affs: str = typer.Option(..., help="Affinities, PATH:DATASET (C,z,y,x)."),
+    output: str = typer.Option(..., "--output", "-o", help="Segmentation to write, PATH:DATASET."),
+    method: str = typer.Option("waterz", help="waterz (fragments + agglomeration) or mws (mutex watershed)."),
+    fragments: str = typer.Option("3d", help="Watershed fragments: 2d per section (anisotropic ssTEM) or 3d (isotropic)."),
+    threshold: Optional[float] = typer.Option(None, help="One agglomeration threshold (mws: the bias)."),
+    thresholds: Optional[List[float]] = typer.Option(None, help="Thresholds to sweep (with --gt)."),
+    gt: Optional[str] = typer.Option(None, help="Ground truth, PATH:DATASET: sweep, score and keep the best threshold."),
+    raw: Optional[str] = typer.Option(None, help="Raw EM for the preview PNG."),
+    preview: Optional[Path] = typer.Option(None, help="Write a PNG preview (raw, affinities, segmentation)."),
+    overwrite: bool = typer.Option(False, help="Replace an existing output."),
+) -> None:
+    """Turn affinities into a neuron segmentation (watershed + waterz, or mutex watershed)."""
+    from tokenunify.config import from_dict
+    from tokenunify.evaluate.sweep import format_markdown_table
+    from tokenunify.segment.run_segment import segment_volume
+    from tokenunify.segment.settings import SegmentSettings
+
+    cfg: dict = {"method": method, "fragments": fragments}
+    if thresholds:
+        cfg["thresholds"] = list(thresholds)
+    if method == "mws" and threshold is not None:
+        cfg["mws_bias"] = threshold
+    settings = from_dict(SegmentSettings, cfg, "segment options")
+    result = segment_volume(affs, output, settings, gt, None if method == "mws" else threshold, overwrite)
+    if gt is not None:
+        typer.echo(format_markdown_table(result["rows"], result["best"]))
+    typer.echo(f"wrote {output}: {result['best']['n_segments'] if 'n_segments' in result['best'] else ''} segments at threshold {result['best']['threshold']}")
+    if preview is not None:
+        _segment_preview(preview, raw, result, gt)
+
+
+def _segment_preview(path: Path, raw_spec: Optional[str], result: dict, gt_spec: Optional[str]) -> None:
+    import numpy as np
+
+    from tokenunify.io import open_volume
+    from tokenunify.report.plots import preview_png
+
+    affs = result["affinities"]
+    raw = open_volume(raw_spec).read() if raw_spec else affs[:3].mean(axis=0)
+    gt = open_volume(gt_spec).read() if gt_spec else None
+    preview_png(path, np.asarray(raw), affs, result["segmentation"], gt, title="segment")
+    typer.echo(f"preview: {path}")
+
+
+@app.command(epilog="Example: tokenunify evaluate --seg out.zarr:seg --gt data.h5:labels --json")
+def evaluate(
+    seg: str = typer.Option(..., help="Segmentation, PATH:DATASET."),
+    gt: str = typer.Option(..., help="Ground truth, PATH:DATASET (label 0 is ignored)."),
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
+) -> None:
+    """Score a segmentation: VOI split/merge (bits), ARAND and CREMI score."""
+    from tokenunify.evaluate.run_evaluate import evaluate_volumes
+
+    scores = evaluate_volumes(seg, gt)
+    if as_json:
+        typer.echo(json.dumps(scores))
+        return
+    for key in ("voi_split", "voi_merge", "voi", "arand", "cremi_score", "n_seg_ids", "n_gt_ids"):
+        value = scores[key]
+        typer.echo(f"{key:12s} {value:.4f}" if isinstance(value, float) else f"{key:12s} {value}")
+
+
+@app.command(epilog="Example: tokenunify demo --out demo_out")
+def demo(
+    out: Path = typer.Option(Path("demo_out"), help="Folder for the demo's data, run and pictures."),
+    steps: int = typer.Option(400, help="Training steps."),
+    overwrite: bool = typer.Option(False, help="Replace an earlier demo in the same folder."),
+    progress: bool = typer.Option(True, help="Show progress bars."),
+) -> None:
+    """Synthetic EM -> train -> blockwise predict -> segment -> VOI/ARAND table and PNG previews."""
+    from tokenunify.demo import run_demo
+
+    run_demo(out, steps=steps, overwrite=overwrite, progress=progress)
+
+
+def main() -> None:
+    """Console entry point: user errors become one line on stderr and exit status 2."""
+    tune_runtime()
+    try:
+        app(standalone_mode=False)
+    except TokenUnifyError as err:
+        typer.echo(f"error: {err}", err=True)
+        sys.exit(2)
+    except (typer.Abort, KeyboardInterrupt):
+        typer.echo("aborted", err=True)
+        sys.exit(130)
+    except Exception as err:  # click usage errors carry their own exit code
+        import click
+
+        if isinstance(err, click.ClickException):
+            err.show()
+            sys.exit(err.exit_code)
+        raise
+
+
+if __name__ == "__main__":
+    main()

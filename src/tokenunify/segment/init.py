@@ -1,0 +1,44 @@
+"""Initialise a network from another checkpoint's weights (fine-tuning)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from tokenunify.errors import InputError
+from tokenunify.io.checkpoint import load_checkpoint
+
+
+def load_pretrained(model: torch.nn.Module, path: str | Path, allow_mismatch: bool = False) -> dict[str, Any]:
+    """Copy every tensor of the checkpoint whose name and shape match into `model`.
+
+    A tensor with the right name but another shape is an error unless
+    `allow_mismatch` is set (then it is skipped and listed). Returns a report:
+    which tensors loaded, which were skipped, which model tensors kept their
+    fresh initialisation.
+    """
+    state = load_checkpoint(path)["model"]
+    own = model.state_dict()
+    loaded, mismatched = [], []
+    for name, tensor in state.items():
+        if name not in own:
+            continue
+        if own[name].shape != tensor.shape:
+            mismatched.append(f"{name}: checkpoint {tuple(tensor.shape)} vs model {tuple(own[name].shape)}")
+            continue
+        own[name] = tensor
+        loaded.append(name)
+    if mismatched and not allow_mismatch:
+        raise InputError(path, f"{len(mismatched)} tensor(s) differ in shape, e.g. {mismatched[0]}; allow it explicitly to skip them")
+    if not loaded:
+        raise InputError(path, "no tensor of this checkpoint matches the model; is it for another architecture?")
+    model.load_state_dict(own)
+    return {
+        "checkpoint": str(path),
+        "loaded": loaded,
+        "mismatched": mismatched,
+        "unused": sorted(set(state) - set(own)),
+        "fresh": sorted(set(own) - set(loaded)),
+    }

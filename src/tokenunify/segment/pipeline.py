@@ -1,0 +1,65 @@
+"""Affinities -> fragments -> agglomeration -> (optionally) scores.
+
+The same function serves validation during training, `tokenunify segment`
+and the demo, so every number the project reports comes through one path.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+import numpy as np
+
+from tokenunify.evaluate.metrics import evaluate_segmentation
+from tokenunify.evaluate.sweep import best_row
+from tokenunify.segment.agglomerate import mutex_watershed, waterz_sweep
+from tokenunify.segment.fragments import watershed_fragments
+from tokenunify.segment.settings import NEAREST, SegmentSettings
+
+Offset = tuple[int, int, int]
+
+
+def nearest_channels(affs: np.ndarray, offsets: Sequence[Offset]) -> np.ndarray:
+    """The three nearest-neighbour channels (z, y, x order) that waterz expects."""
+    offsets = [tuple(int(v) for v in o) for o in offsets]
+    try:
+        index = [offsets.index(o) for o in NEAREST]
+    except ValueError:
+        raise ValueError(f"affinity offsets {offsets} lack the nearest neighbours {NEAREST}") from None
+    return np.ascontiguousarray(affs[index], dtype=np.float32)
+
+
+def segmentations(
+    affs: np.ndarray, offsets: Sequence[Offset], settings: SegmentSettings, thresholds: Sequence[float] | None = None
+) -> Iterator[tuple[float, np.ndarray]]:
+    """Yield (threshold, segmentation) for each threshold of the sweep.
+
+    waterz agglomerates watershed fragments of the nearest-neighbour
+    affinities; mutex watershed (`method: mws`) uses every offset and has one
+    result, reported under its bias.
+    """
+    affs = np.asarray(affs, dtype=np.float32)
+    if settings.method == "mws":
+        yield settings.mws_bias, mutex_watershed(affs, [list(o) for o in offsets], bias=settings.mws_bias)
+        return
+    nearest = nearest_channels(affs, offsets)
+    fragments = watershed_fragments(nearest, mode=settings.fragments, boundary_threshold=settings.boundary_threshold)
+    chosen = list(thresholds if thresholds is not None else settings.thresholds)
+    yield from waterz_sweep(nearest, fragments, chosen, scoring=settings.scoring)
+
+
+def sweep_scores(
+    affs: np.ndarray, gt: np.ndarray, offsets: Sequence[Offset], settings: SegmentSettings
+) -> tuple[list[dict[str, Any]], dict[str, Any], np.ndarray]:
+    """Score every threshold against `gt`; returns (rows, best row, best segmentation)."""
+    rows: list[dict[str, Any]] = []
+    best_seg: np.ndarray | None = None
+    best_voi = np.inf
+    for threshold, seg in segmentations(affs, offsets, settings):
+        scores = evaluate_segmentation(seg, gt)
+        rows.append({"threshold": float(threshold), **scores})
+        if scores["voi"] < best_voi:
+            best_voi, best_seg = scores["voi"], seg
+    assert best_seg is not None, "the sweep produced no segmentation"
+    return rows, best_row(rows), best_seg

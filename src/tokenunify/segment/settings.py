@@ -1,0 +1,91 @@
+"""Typed settings for affinity training, prediction and segmentation.
+
+These dataclasses are what a YAML config under `configs/` is checked into
+(see `tokenunify.config`). Defaults suit isotropic FIB-SEM at ~10 nm.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+from tokenunify.data.augment import AugmentConfig
+
+Offset = tuple[int, int, int]
+NEAREST: list[Offset] = [(-1, 0, 0), (0, -1, 0), (0, 0, -1)]
+
+
+@dataclass
+class DataSettings:
+    """Where the labelled data lives. Volumes are `PATH:DATASET` names."""
+
+    raw: str = ""
+    labels: str = ""
+    train_z: tuple[int, int] | None = None
+    val_raw: str | None = None
+    val_labels: str | None = None
+    val_z: tuple[int, int] | None = None
+
+
+@dataclass
+class ModelSettings:
+    """Network choice. `offsets` sets the output channels; the first three must be nearest neighbours."""
+
+    name: Literal["unet"] = "unet"
+    width: tuple[int, ...] = (16, 32, 64, 96)
+    anisotropic: bool = False
+    offsets: list[Offset] = field(default_factory=lambda: list(NEAREST) + [(-3, 0, 0), (0, -3, 0), (0, 0, -3), (-9, 0, 0), (0, -9, 0), (0, 0, -9)])
+
+
+@dataclass
+class LoopSettings:
+    """The optimisation loop."""
+
+    steps: int = 2000
+    batch_size: int = 2
+    crop: tuple[int, int, int] = (32, 96, 96)
+    lr: float = 1e-3
+    lr_final: float = 1e-4
+    weight_decay: float = 1e-4
+    bf16: bool = True
+    seed: int = 0
+    threads: int | None = None
+    checkpoint_every: int = 100
+    val_every: int = 500
+    max_minutes: float | None = None
+
+
+@dataclass
+class PredictSettings:
+    """Blockwise prediction: block and overlap in voxels (z,y,x)."""
+
+    block: tuple[int, int, int] = (48, 128, 128)
+    overlap: tuple[int, int, int] = (8, 24, 24)
+    batch_size: int = 1
+    bf16: bool = True
+
+
+@dataclass
+class SegmentSettings:
+    """Fragments and agglomeration. `fragments` is 2d for anisotropic ssTEM, 3d for FIB-SEM."""
+
+    method: Literal["waterz", "mws"] = "waterz"
+    fragments: Literal["2d", "3d"] = "3d"
+    boundary_threshold: float = 0.5
+    thresholds: list[float] = field(default_factory=lambda: [0.05, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9])
+    scoring: str = "OneMinus<QuantileAffinity<RegionGraphType, 50, ScoreValue>>"
+    mws_bias: float = -0.5
+
+
+@dataclass
+class TrainSettings:
+    """Everything `tokenunify train` needs."""
+
+    data: DataSettings = field(default_factory=DataSettings)
+    model: ModelSettings = field(default_factory=ModelSettings)
+    train: LoopSettings = field(default_factory=LoopSettings)
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+    predict: PredictSettings = field(default_factory=PredictSettings)
+    segment: SegmentSettings = field(default_factory=SegmentSettings)
+    init: str | None = None
+    out_dir: str = "runs/train"

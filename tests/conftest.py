@@ -1,0 +1,43 @@
+"""Shared fixtures: the real-data folder (skipped when absent) and a CLI runner."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def real_data_dir() -> Path:
+    """`$TOKENUNIFY_DATA`, else ../shared/data beside the repository."""
+    return Path(os.environ.get("TOKENUNIFY_DATA", REPO.parent / "shared" / "data"))
+
+
+@pytest.fixture
+def real_data() -> Path:
+    """The folder of real EM volumes; tests using it skip with a reason when it is absent."""
+    folder = real_data_dir()
+    if not (folder / "README.md").exists() and not any(folder.glob("*.h5")):
+        pytest.skip(f"real EM data not found in {folder} (set TOKENUNIFY_DATA)")
+    return folder
+
+
+@pytest.fixture
+def run_cli(capsys, monkeypatch):
+    """Run the `tokenunify` entry point in-process; returns (exit code, stdout, stderr)."""
+    from tokenunify import cli
+
+    def run(*args: str) -> tuple[int, str, str]:
+        monkeypatch.setattr(sys, "argv", ["tokenunify", *map(str, args)])
+        code = 0
+        try:
+            cli.main()
+        except SystemExit as exit_:
+            code = int(exit_.code or 0)
+        captured = capsys.readouterr()
+        return code, captured.out, captured.err
+
+    return run
