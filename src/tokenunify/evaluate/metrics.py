@@ -76,44 +76,31 @@ def _check_labels(seg: np.ndarray, gt: np.ndarray) -> tuple[np.ndarray, np.ndarr
     return seg, gt
 
 
-def _keep_mask(gt_flat: np.ndarray, ignore_gt: Sequence[int]) -> np.ndarray | None:
-    """Mask of the voxels to count, or None when every voxel counts."""
-    if gt_flat.dtype == np.bool_:
-        lo, hi = 0, 1
-    else:
-        info = np.iinfo(gt_flat.dtype)
-        lo, hi = int(info.min), int(info.max)
-    keep = None
-    for label in ignore_gt:
-        # a label the dtype cannot hold (-1 for uint64) matches no voxel; numpy
-        # would otherwise wrap it around or refuse the comparison
-        if not lo <= int(label) <= hi:
-            continue
-        hit = gt_flat == label
-        keep = ~hit if keep is None else keep & ~hit
-    if keep is not None and keep.all():
-        return None
-    return keep
-
-
-def _dense_ids(labels: np.ndarray) -> tuple[np.ndarray, int]:
-    """Labels renumbered to 0..n-1 (any order), and n."""
-    if labels.size == 0:
-        return labels.astype(np.int64), 0
+def _dense_ids(labels: np.ndarray) -> tuple[np.ndarray, dict]:
+    """Labels renumbered to 0..n-1 (any order), and the map old id -> new id."""
     if labels.dtype == np.bool_:
         labels = labels.view(np.uint8)
     # preserve_zero=False: 0 is an ordinary id here and must not be special
-    renumbered, mapping = fastremap.renumber(labels, start=0, preserve_zero=False, in_place=False)
-    return renumbered, len(mapping)
+    renumbered, mapping = fastremap.renumber(
+        np.ascontiguousarray(labels), start=0, preserve_zero=False, in_place=False
+    )
+    return renumbered, mapping
 
 
-def _counts_of(keys: np.ndarray, n_cells: int) -> np.ndarray:
-    """Counts of each distinct value of ``keys`` (in 0..n_cells-1), zeros dropped."""
+def _pair_counts(keys: np.ndarray, n_cells: int) -> tuple[np.ndarray, np.ndarray]:
+    """The distinct values of ``keys`` (all in 0..n_cells-1) and their counts."""
     if n_cells <= max(_DENSE_CELLS_PER_VOXEL * keys.size, 1 << 16):
         counts = np.bincount(keys, minlength=n_cells)
-        return counts[counts > 0]
-    _, counts = fastremap.unique(keys, return_counts=True)
-    return np.asarray(counts, dtype=np.int64)
+        present = np.flatnonzero(counts)
+        return present, counts[present]
+    present, counts = fastremap.unique(keys, return_counts=True)
+    return np.asarray(present, dtype=np.int64), np.asarray(counts, dtype=np.int64)
+
+
+def _sizes(index: np.ndarray, counts: np.ndarray, n: int) -> np.ndarray:
+    # float weights are exact below 2**53 voxels
+    sizes = np.rint(np.bincount(index, weights=counts, minlength=n)).astype(np.int64)
+    return sizes[sizes > 0]
 
 
 def contingency(
@@ -130,30 +117,32 @@ def contingency(
         ValueError: for a shape mismatch or non-integer labels.
     """
     seg, gt = _check_labels(seg, gt)
-    seg_flat = seg.reshape(-1)
-    gt_flat = gt.reshape(-1)
-    keep = _keep_mask(gt_flat, ignore_gt)
-    if keep is not None:
-        seg_flat = seg_flat[keep]
-        gt_flat = gt_flat[keep]
-
-    n_voxels = int(seg_flat.size)
-    seg_ids, n_seg = _dense_ids(np.ascontiguousarray(seg_flat))
-    gt_ids, n_gt = _dense_ids(np.ascontiguousarray(gt_flat))
-    if n_voxels == 0:
+    if seg.size == 0:
         empty = np.zeros(0, dtype=np.int64)
         return Contingency(empty, empty, empty, 0)
 
-    seg_sizes = np.bincount(seg_ids, minlength=n_seg)
-    gt_sizes = np.bincount(gt_ids, minlength=n_gt)
+    seg_ids, seg_map = _dense_ids(seg.reshape(-1))
+    gt_ids, gt_map = _dense_ids(gt.reshape(-1))
+    n_seg, n_gt = len(seg_map), len(gt_map)
     keys = gt_ids.astype(np.int64) * n_seg
     keys += seg_ids
-    pair_counts = _counts_of(keys, n_seg * n_gt)
+    del seg_ids, gt_ids
+    present, counts = _pair_counts(keys, n_seg * n_gt)
+    rows, cols = np.divmod(present, n_seg)
+
+    # ignored labels are dropped from the (small) table, not from the volume:
+    # that saves two masked copies of it. A label the dtype cannot hold (-1
+    # for uint64) is simply not in the map.
+    ignored = [gt_map[label] for label in ignore_gt if label in gt_map]
+    if ignored:
+        keep = ~np.isin(rows, ignored)
+        rows, cols, counts = rows[keep], cols[keep], counts[keep]
+
     return Contingency(
-        pair_counts=pair_counts.astype(np.int64, copy=False),
-        seg_sizes=seg_sizes.astype(np.int64, copy=False),
-        gt_sizes=gt_sizes.astype(np.int64, copy=False),
-        n_voxels=n_voxels,
+        pair_counts=counts.astype(np.int64, copy=False),
+        seg_sizes=_sizes(cols, counts, n_seg),
+        gt_sizes=_sizes(rows, counts, n_gt),
+        n_voxels=int(counts.sum()),
     )
 
 

@@ -27,6 +27,7 @@ Gotchas this module hides:
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Iterator, Sequence
 
 import fastremap
@@ -95,11 +96,18 @@ def _check_scoring(scoring: str, discretize_queue: int) -> None:
             f"use one of {queues}"
         )
     shown = [f for f in supported if "HistogramQuantile" not in f]
+    hint = ""
+    exact = re.search(r"\bQuantileAffinity<\s*RegionGraphType\s*,\s*(\d+)", scoring)
+    if exact and "HistogramQuantileAffinity" not in scoring:
+        hint = (
+            f" (the exact QuantileAffinity is not prebuilt; its 256-bin histogram "
+            f"version is: {quantile_scoring(int(exact.group(1)))!r})"
+        )
     raise ValueError(
         f"scoring function {scoring!r} is not prebuilt in waterz and would need a "
         f"C++ compiler; use one of {shown} or a histogram quantile "
         f"'OneMinus<HistogramQuantileAffinity<RegionGraphType, Q, ScoreValue, 256"
-        f"[, true|false]>>' with Q in 10, 15, ..., 95 (see quantile_scoring)"
+        f"[, true|false]>>' with Q in 10, 15, ..., 95 (see quantile_scoring){hint}"
     )
 
 
@@ -207,7 +215,7 @@ def _check_offsets(offsets: Sequence[Sequence[int]], n_channels: int) -> list[li
 def mutex_watershed(
     affs: np.ndarray,
     offsets: Sequence[Sequence[int]],
-    bias: float = 0.5,
+    bias: float = -0.5,
     strides: Sequence[Sequence[int]] | None = None,
     randomized_strides: bool = False,
     long_range_bias: float | None = None,
@@ -218,17 +226,20 @@ def mutex_watershed(
     repulsive (mutex), processed in decreasing magnitude. The mapping is
 
     - nearest-neighbour channels (offset with one step on one axis):
-      ``w = aff - bias``, attractive where ``aff > bias``;
-    - long-range channels: ``w = min(aff - long_range_bias, 0)``, i.e. they
+      ``w = aff + bias``, attractive where ``aff > -bias``;
+    - long-range channels: ``w = min(aff + long_range_bias, 0)``, i.e. they
       only ever repel (the mutex watershed of Wolf et al.), so a segment stays
       connected through nearest-neighbour edges. ``long_range_bias`` defaults
       to ``bias``.
+
+    The bias is *added*, as in lsd / volara (``adjacent_edge_bias``,
+    ``lr_edge_bias``), so it is negative in practice: -0.5 cuts at 0.5.
 
     Args:
         affs: float32 (C, z, y, x), channel i for ``offsets[i]``.
         offsets: one (z, y, x) offset per channel, e.g. the default
             ``[(-1, 0, 0), (0, -1, 0), (0, 0, -1)]`` plus long-range ones.
-        bias: see the mapping above; higher splits more.
+        bias: added to the affinities (see above); lower splits more.
         strides: per-channel (z, y, x) strides, passed to mwatershed: only every
             stride-th long-range edge is used, which avoids over-splitting.
         randomized_strides: use each edge with probability 1/prod(stride)
@@ -256,9 +267,9 @@ def mutex_watershed(
     weights = affs.astype(np.float64)
     for channel, offset in enumerate(checked):
         if sum(abs(o) for o in offset) == 1:
-            weights[channel] -= bias
+            weights[channel] += bias
         else:
-            weights[channel] -= long_range_bias
+            weights[channel] += long_range_bias
             np.minimum(weights[channel], 0.0, out=weights[channel])
 
     segmentation = mwatershed.agglom(

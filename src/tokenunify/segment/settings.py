@@ -73,7 +73,8 @@ class SegmentSettings:
     fragments: Literal["2d", "3d"] = "3d"
     boundary_threshold: float = 0.5
     thresholds: list[float] = field(default_factory=lambda: [0.05, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9])
-    scoring: str = "OneMinus<QuantileAffinity<RegionGraphType, 50, ScoreValue>>"
+    # Median affinity along the boundary (a prebuilt waterz scorer: no compiler needed).
+    scoring: str = "OneMinus<HistogramQuantileAffinity<RegionGraphType, 50, ScoreValue, 256, true>>"
     mws_bias: float = -0.5
 
 
