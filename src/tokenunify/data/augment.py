@@ -138,7 +138,10 @@ def required_input_shape(output_shape: tuple[int, int, int], cfg: AugmentConfig)
     out = np.asarray(output_shape, dtype=np.float64)
     half = (out - 1) / 2
     if cfg.misalignment_prob > 0 and out[0] > 1:
-        half[1:] += cfg.misalignment_max_px
+        # Shifts act on output y/x, which a transpose may send to any axis.
+        shifted = half + np.array([0.0, 1.0, 1.0]) * cfg.misalignment_max_px
+        for perm in _allowed_perms(output_shape, cfg) + [(0, 1, 2)]:
+            half = np.maximum(half, shifted[list(perm)])
     if cfg.rotate_prob > 0:
         rad = math.radians(min(abs(cfg.rotate_max_deg), 180.0))
         hy = _rotated_half_extent(half[1], half[2], rad)

@@ -293,7 +293,8 @@ def _crop_shifted(vol: np.ndarray, offsets: np.ndarray, pad: np.ndarray, shape) 
     """Cut each section at its own xy offset out of the padded volume."""
     out = np.empty(shape, dtype=vol.dtype)
     for z in range(shape[0]):
-        y0, x0 = (int(v) for v in pad + offsets[z])
+        # Content moves by +offset, so the window moves the other way.
+        y0, x0 = (int(v) for v in pad - offsets[z])
         out[z] = vol[z, y0 : y0 + shape[1], x0 : x0 + shape[2]]
     return out
 

@@ -26,8 +26,10 @@ Gotchas this module hides:
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
+import sys
 from collections.abc import Iterator, Sequence
 
 import fastremap
@@ -195,8 +197,35 @@ def _yield_copies(
 ) -> Iterator[tuple[float, np.ndarray]]:
     # a separate generator, so the checks above run at the call, not at the
     # first next()
-    for threshold, segmentation in zip(thresholds, segmentations, strict=True):
+    for threshold in thresholds:
+        with _stdout_silenced():
+            segmentation = next(segmentations)
         yield threshold, np.array(segmentation, dtype=np.uint64, copy=True)
+
+
+@contextlib.contextmanager
+def _stdout_silenced() -> Iterator[None]:
+    """waterz's C++ core prints progress lines to fd 1; keep them off the user's terminal.
+
+    Set TOKENUNIFY_WATERZ_VERBOSE=1 to see them.
+    """
+    if os.environ.get("TOKENUNIFY_WATERZ_VERBOSE"):
+        yield
+        return
+    try:
+        sys.stdout.flush()
+        saved = os.dup(1)
+    except (OSError, ValueError):  # no real fd 1 (e.g. captured in tests)
+        yield
+        return
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, 1)
+        yield
+    finally:
+        os.dup2(saved, 1)
+        os.close(saved)
+        os.close(devnull)
 
 
 def _check_offsets(offsets: Sequence[Sequence[int]], n_channels: int) -> list[list[int]]:

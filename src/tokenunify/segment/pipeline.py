@@ -44,7 +44,13 @@ def segmentations(
         yield settings.mws_bias, mutex_watershed(affs, [list(o) for o in offsets], bias=settings.mws_bias)
         return
     nearest = nearest_channels(affs, offsets)
-    fragments = watershed_fragments(nearest, mode=settings.fragments, boundary_threshold=settings.boundary_threshold)
+    fragments = watershed_fragments(
+        nearest,
+        mode=settings.fragments,
+        boundary_threshold=settings.boundary_threshold,
+        min_seed_distance=settings.min_seed_distance,
+        split_by_affinity=settings.split_by_affinity,
+    )
     chosen = list(thresholds if thresholds is not None else settings.thresholds)
     yield from waterz_sweep(nearest, fragments, chosen, scoring=settings.scoring)
 

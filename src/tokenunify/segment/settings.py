@@ -72,6 +72,11 @@ class SegmentSettings:
     method: Literal["waterz", "mws"] = "waterz"
     fragments: Literal["2d", "3d"] = "3d"
     boundary_threshold: float = 0.5
+    # Seeds at distance-transform maxima at least this far apart (voxels).
+    min_seed_distance: int = 10
+    # Cutting fragments along every low edge makes them pure on ideal
+    # affinities but shatters membranes into single voxels on real predictions.
+    split_by_affinity: bool = False
     thresholds: list[float] = field(default_factory=lambda: [0.05, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9])
     # Median affinity along the boundary (a prebuilt waterz scorer: no compiler needed).
     scoring: str = "OneMinus<HistogramQuantileAffinity<RegionGraphType, 50, ScoreValue, 256, true>>"

@@ -202,7 +202,7 @@ def train(settings: TrainSettings, resume: bool = False, overwrite: bool = False
         loss.backward()
         optimizer.step()
         step += 1
-        history.append({"step": step, "loss": float(loss), "lr": optimizer.param_groups[0]["lr"], "seconds": time.monotonic() - tick})
+        history.append({"step": step, "loss": float(loss.detach()), "lr": optimizer.param_groups[0]["lr"], "seconds": time.monotonic() - tick})
         bar.update(1)
         bar.set_postfix(loss=f"{float(loss):.4f}")
         if step % loop.checkpoint_every == 0 or step == loop.steps:
