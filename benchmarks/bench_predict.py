@@ -17,7 +17,6 @@ counted. Throughput is volume voxels per second of wall time (best of
 from __future__ import annotations
 
 import argparse
-import ctypes
 import platform
 import tempfile
 import time
@@ -25,6 +24,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
+
+from tokenunify.runtime import tune_malloc
 
 from tokenunify.models.unet import build_unet, count_parameters
 from tokenunify.segment.predict import block_starts, predict_blockwise
@@ -47,23 +48,6 @@ def _parse() -> argparse.Namespace:
     return p.parse_args()
 
 
-def _tune_malloc() -> bool:
-    """Stop glibc from returning large blocks to the OS after every forward pass.
-
-    Activations of a 32x128x128 block are tens of MB each, above glibc's mmap
-    threshold, so every forward pass maps fresh pages and page-faults on them;
-    on a 2-core machine that cost about 25 % of inference time. Disabling mmap
-    allocations and trimming keeps the memory for reuse. Process-wide, so only
-    done on request.
-    """
-    try:
-        libc = ctypes.CDLL("libc.so.6")
-    except OSError:
-        return False
-    m_trim_threshold, m_mmap_max = -1, -4
-    return bool(libc.mallopt(m_mmap_max, 0)) and bool(libc.mallopt(m_trim_threshold, 2**31 - 1))
-
-
 def _make_out(shape: tuple[int, ...], use_zarr: bool, tmp: Path, tag: str):  # noqa: ANN202
     if not use_zarr:
         return np.zeros(shape, dtype=np.float32)
@@ -75,7 +59,7 @@ def _make_out(shape: tuple[int, ...], use_zarr: bool, tmp: Path, tag: str):  # n
 
 def main() -> None:
     args = _parse()
-    tuned = _tune_malloc() if args.tune_malloc else False
+    tuned = tune_malloc() if args.tune_malloc else False
     if args.threads:
         torch.set_num_threads(args.threads)
     torch.manual_seed(0)

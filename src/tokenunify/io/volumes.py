@@ -36,15 +36,19 @@ class Volume:
     """A lazily read array with its voxel size.
 
     Attributes: `spec` (where it lives), `shape`, `dtype`, `ndim`, `voxel_size`
-    (nm, z first), `voxel_size_known` (False where the file carries none).
+    (nm, z first, for the last three axes), `voxel_size_known` (False where
+    the file carries none).
     """
 
     def __init__(self, spec: VolumeSpec, array: Any, voxel_size: tuple[float, ...] | None, closer: Any = None) -> None:
         self.spec = spec
         self._array = array
         self._closer = closer
-        self.voxel_size_known = voxel_size is not None and len(voxel_size) == len(array.shape)
-        self.voxel_size = _as_voxel_size(voxel_size, len(array.shape))
+        # Voxel size covers the spatial axes only: the last three (a leading
+        # channel axis, as in affinities, has none).
+        spatial = min(len(array.shape), 3)
+        self.voxel_size_known = voxel_size is not None and len(voxel_size) == spatial
+        self.voxel_size = _as_voxel_size(voxel_size, spatial)
 
     @property
     def shape(self) -> tuple[int, ...]:

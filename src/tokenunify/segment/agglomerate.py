@@ -27,6 +27,7 @@ Gotchas this module hides:
 from __future__ import annotations
 
 import contextlib
+import io
 import os
 import re
 import sys
@@ -216,12 +217,14 @@ def _stdout_silenced() -> Iterator[None]:
         sys.stdout.flush()
         saved = os.dup(1)
     except (OSError, ValueError):  # no real fd 1 (e.g. captured in tests)
-        yield
+        with contextlib.redirect_stdout(io.StringIO()):
+            yield
         return
     devnull = os.open(os.devnull, os.O_WRONLY)
     try:
         os.dup2(devnull, 1)
-        yield
+        with contextlib.redirect_stdout(io.StringIO()):
+            yield
     finally:
         os.dup2(saved, 1)
         os.close(saved)

@@ -50,7 +50,6 @@ def predict_volume(
     overlap = tuple(overlap or predict_cfg.get("overlap", (8, 24, 24)))
     bf16 = bool(predict_cfg.get("bf16", False) if bf16 is None else bf16)
     offsets = state.get("offsets") or [list(o) for o in NEAREST]
-    block = tuple(min(b, s) for b, s in zip(block, raw.shape))
     shape = (len(offsets),) + raw.shape
     started = time.monotonic()
     attrs = {"offsets": offsets, "model": str(checkpoint), "convention": "1 = same non-zero label (waterz/gunpowder)"}

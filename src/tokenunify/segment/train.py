@@ -118,8 +118,7 @@ def validate(model: torch.nn.Module, data: TrainData, settings: TrainSettings) -
     model.eval()
     affs = np.zeros((len(settings.model.offsets),) + data.val_raw.shape, dtype=np.float32)
     p = settings.predict
-    block = tuple(min(b, s) for b, s in zip(p.block, data.val_raw.shape))
-    predict_blockwise(model, data.val_raw, affs, block, p.overlap, batch_size=p.batch_size, bf16=p.bf16, progress=False)
+    predict_blockwise(model, data.val_raw, affs, tuple(p.block), tuple(p.overlap), batch_size=p.batch_size, bf16=p.bf16, progress=False)
     model.train()
     rows, best, seg = sweep_scores(affs, data.val_gt, settings.model.offsets, settings.segment)
     return {"best": best, "rows": rows}, affs, seg
@@ -204,7 +203,7 @@ def train(settings: TrainSettings, resume: bool = False, overwrite: bool = False
         step += 1
         history.append({"step": step, "loss": float(loss.detach()), "lr": optimizer.param_groups[0]["lr"], "seconds": time.monotonic() - tick})
         bar.update(1)
-        bar.set_postfix(loss=f"{float(loss):.4f}")
+        bar.set_postfix(loss=f"{history[-1]['loss']:.4f}")
         if step % loop.checkpoint_every == 0 or step == loop.steps:
             checkpoint(paths["last"])
         if data.val_raw is not None and (step % loop.val_every == 0 or step == loop.steps):

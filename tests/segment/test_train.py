@@ -1,0 +1,122 @@
+"""Training loop: checkpoints, resume, run-folder safety, fine-tuning initialisation."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from tokenunify.config import from_dict
+from tokenunify.data.synthetic import make_synthetic_volume
+from tokenunify.errors import InputError, OutputError
+from tokenunify.io import write_volume
+from tokenunify.io.checkpoint import load_checkpoint, save_checkpoint
+from tokenunify.models.registry import build_model
+from tokenunify.segment.init import load_pretrained
+from tokenunify.segment.settings import TrainSettings
+from tokenunify.segment.train import model_spec, train
+
+
+@pytest.fixture(scope="module")
+def volume(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("data")
+    vol = make_synthetic_volume((8, 64, 64), (40, 8, 8), seed=4)
+    write_volume(f"{folder}/d.h5:raw", vol.raw, vol.voxel_size)
+    write_volume(f"{folder}/d.h5:labels", vol.labels, vol.voxel_size)
+    return folder / "d.h5"
+
+
+def tiny_settings(volume, out_dir, steps=4, **train) -> TrainSettings:
+    return from_dict(TrainSettings, {
+        "data": {"raw": f"{volume}:raw", "labels": f"{volume}:labels", "train_z": [0, 6], "val_z": [6, 8]},
+        "model": {"width": [4, 8], "anisotropic": True, "offsets": [[-1, 0, 0], [0, -1, 0], [0, 0, -1], [0, -4, 0]]},
+        "train": {"steps": steps, "batch_size": 1, "crop": [4, 32, 32], "bf16": False, "checkpoint_every": 2, "val_every": 1000, **train},
+        "augment": {"rotate_prob": 0.0, "elastic_prob": 0.0},
+        "predict": {"block": [4, 32, 32], "overlap": [0, 8, 8], "bf16": False},
+        "segment": {"thresholds": [0.3, 0.7]},
+        "out_dir": str(out_dir),
+    })
+
+
+def test_run_writes_checkpoint_metrics_and_plot(volume, tmp_path):
+    summary = train(tiny_settings(volume, tmp_path / "run"), progress=False)
+    assert summary["steps"] == 4
+    state = load_checkpoint(tmp_path / "run" / "checkpoints" / "last.pt")
+    assert state["step"] == 4 and len(state["history"]) == 4
+    assert state["config"]["train"]["steps"] == 4
+    assert (tmp_path / "run" / "loss.png").stat().st_size > 0
+    assert (tmp_path / "run" / "config.yaml").exists()
+    assert len((tmp_path / "run" / "metrics.jsonl").read_text().splitlines()) >= 4
+    # validation at the last step produced scores and a best checkpoint
+    assert summary["best_val"] is not None and np.isfinite(summary["best_val"]["voi"])
+    assert (tmp_path / "run" / "checkpoints" / "best.pt").exists()
+
+
+def test_resume_continues_exactly(volume, tmp_path, monkeypatch):
+    """A run killed after its step-2 checkpoint and resumed ends where an unbroken run does."""
+    from tokenunify.segment import train as train_module
+
+    straight = train(tiny_settings(volume, tmp_path / "a", steps=4), progress=False)
+    real_make_batch = train_module.make_batch
+    calls = {"n": 0}
+
+    def dies_at_step_3(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise KeyboardInterrupt("killed")
+        return real_make_batch(*args, **kwargs)
+
+    monkeypatch.setattr(train_module, "make_batch", dies_at_step_3)
+    with pytest.raises(KeyboardInterrupt):
+        train(tiny_settings(volume, tmp_path / "b", steps=4), progress=False)
+    monkeypatch.undo()
+    assert load_checkpoint(tmp_path / "b" / "checkpoints" / "last.pt")["step"] == 2
+    resumed = train(tiny_settings(volume, tmp_path / "b", steps=4), resume=True, progress=False)
+    assert straight["steps"] == resumed["steps"] == 4
+    a = load_checkpoint(tmp_path / "a" / "checkpoints" / "last.pt")
+    b = load_checkpoint(tmp_path / "b" / "checkpoints" / "last.pt")
+    assert [h["loss"] for h in a["history"]] == pytest.approx([h["loss"] for h in b["history"]], rel=1e-5)
+    for name, tensor in a["model"].items():
+        torch.testing.assert_close(tensor, b["model"][name], rtol=1e-5, atol=1e-6)
+
+
+def test_existing_run_is_protected(volume, tmp_path):
+    train(tiny_settings(volume, tmp_path / "run", steps=2), progress=False)
+    with pytest.raises(OutputError, match="--resume"):
+        train(tiny_settings(volume, tmp_path / "run", steps=2), progress=False)
+    with pytest.raises(InputError, match="nothing to resume"):
+        train(tiny_settings(volume, tmp_path / "other", steps=2), resume=True, progress=False)
+
+
+def test_checkpoint_write_is_atomic(tmp_path, monkeypatch):
+    path = tmp_path / "c.pt"
+    save_checkpoint(path, {"model_spec": {"name": "unet"}, "model": {"w": torch.ones(3)}})
+
+    def crash(obj, target, *args, **kwargs):
+        with open(target, "wb") as handle:
+            handle.write(b"half a checkpoint")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(torch, "save", crash)
+    with pytest.raises(OSError):
+        save_checkpoint(path, {"model_spec": {"name": "unet"}, "model": {"w": torch.zeros(3)}})
+    monkeypatch.undo()
+    assert torch.equal(load_checkpoint(path)["model"]["w"], torch.ones(3))
+    assert [p.name for p in tmp_path.iterdir()] == ["c.pt"]
+
+
+def test_load_pretrained_reports_and_checks_shapes(volume, tmp_path):
+    settings = tiny_settings(volume, tmp_path / "run")
+    source = build_model(model_spec(settings))
+    save_checkpoint(tmp_path / "src.pt", {"model_spec": model_spec(settings), "model": source.state_dict()})
+    target = build_model(model_spec(settings))
+    report = load_pretrained(target, tmp_path / "src.pt")
+    assert len(report["loaded"]) == len(source.state_dict()) and not report["fresh"]
+    for name, tensor in source.state_dict().items():
+        assert torch.equal(target.state_dict()[name], tensor)
+    # a head with another number of channels: an error unless explicitly allowed
+    other = build_model({**model_spec(settings), "out_channels": 7})
+    with pytest.raises(InputError, match="differ in shape"):
+        load_pretrained(other, tmp_path / "src.pt")
+    report = load_pretrained(other, tmp_path / "src.pt", allow_mismatch=True)
+    assert report["mismatched"] and report["fresh"]
