@@ -32,7 +32,28 @@ def _as_voxel_size(value: tuple[float, ...] | None, ndim: int) -> tuple[float, .
     return value
 
 
-class Volume:
+class ArrayView:
+    """Shape, dtype and numpy-style slicing over a stored array."""
+
+    _array: Any
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return tuple(int(s) for s in self._array.shape)
+
+    @property
+    def dtype(self) -> np.dtype:
+        return np.dtype(self._array.dtype)
+
+    @property
+    def ndim(self) -> int:
+        return len(self.shape)
+
+    def __getitem__(self, key: Any) -> np.ndarray:
+        return np.asarray(self._array[key])
+
+
+class Volume(ArrayView):
     """A lazily read array with its voxel size.
 
     Attributes: `spec` (where it lives), `shape`, `dtype`, `ndim`, `voxel_size`
@@ -51,25 +72,10 @@ class Volume:
         self.voxel_size = _as_voxel_size(voxel_size, spatial)
 
     @property
-    def shape(self) -> tuple[int, ...]:
-        return tuple(int(s) for s in self._array.shape)
-
-    @property
-    def dtype(self) -> np.dtype:
-        return np.dtype(self._array.dtype)
-
-    @property
     def attrs(self) -> dict[str, Any]:
         """The dataset's own attributes (empty for TIFF)."""
         attrs = getattr(self._array, "attrs", None)
         return dict(attrs) if attrs is not None else {}
-
-    @property
-    def ndim(self) -> int:
-        return len(self.shape)
-
-    def __getitem__(self, key: Any) -> np.ndarray:
-        return np.asarray(self._array[key])
 
     def read(self) -> np.ndarray:
         """The whole volume in memory. Use slicing for large volumes."""

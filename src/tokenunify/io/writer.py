@@ -20,7 +20,7 @@ import numpy as np
 
 from tokenunify.errors import OutputError
 from tokenunify.io.spec import VolumeSpec, parse_spec
-from tokenunify.io.volumes import volume_exists, voxel_size_json
+from tokenunify.io.volumes import ArrayView, volume_exists, voxel_size_json
 
 _STAGING_PREFIX = "_tokenunify_partial_"
 
@@ -45,7 +45,7 @@ def check_output(spec: "str | Path | VolumeSpec", overwrite: bool = False) -> Vo
     return spec
 
 
-class WritableVolume:
+class WritableVolume(ArrayView):
     """Array-like output: `vol[key] = data`, plus `shape`, `dtype`, `voxel_size`."""
 
     def __init__(self, spec: VolumeSpec, array: Any, voxel_size: tuple[float, ...]) -> None:
@@ -53,19 +53,8 @@ class WritableVolume:
         self._array = array
         self.voxel_size = voxel_size
 
-    @property
-    def shape(self) -> tuple[int, ...]:
-        return tuple(int(s) for s in self._array.shape)
-
-    @property
-    def dtype(self) -> np.dtype:
-        return np.dtype(self._array.dtype)
-
     def __setitem__(self, key: Any, value: np.ndarray) -> None:
         self._array[key] = value
-
-    def __getitem__(self, key: Any) -> np.ndarray:
-        return np.asarray(self._array[key])
 
 
 def _default_chunks(shape: tuple[int, ...]) -> tuple[int, ...]:
