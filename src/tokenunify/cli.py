@@ -86,6 +86,7 @@ def segment(
     raw: Optional[str] = typer.Option(None, help="Raw EM for the preview PNG."),
     preview: Optional[Path] = typer.Option(None, help="Write a PNG preview (raw, affinities, segmentation)."),
     overwrite: bool = typer.Option(False, help="Replace an existing output."),
+    progress: bool = typer.Option(True, help="Show a progress bar."),
 ) -> None:
     """Turn affinities into a neuron segmentation (watershed + waterz, or mutex watershed)."""
     from tokenunify.config import from_dict
@@ -99,7 +100,7 @@ def segment(
     if method == "mws" and threshold is not None:
         cfg["mws_bias"] = threshold
     settings = from_dict(SegmentSettings, cfg, "segment options")
-    result = segment_volume(affs, output, settings, gt, None if method == "mws" else threshold, overwrite)
+    result = segment_volume(affs, output, settings, gt, None if method == "mws" else threshold, overwrite, progress)
     if gt is not None:
         typer.echo(format_markdown_table(result["rows"], result["best"]))
     typer.echo(f"wrote {output}: {result['best']['n_segments'] if 'n_segments' in result['best'] else ''} segments at threshold {result['best']['threshold']}")

@@ -63,7 +63,7 @@ def run_demo(out: Path, steps: int = 400, overwrite: bool = False, progress: boo
     pred = predict_volume(summary["checkpoint"], f"{data}:val/raw", f"{out / 'val.zarr'}:affs", progress=progress)
     print(f"    {pred['voxels_per_second']:.0f} voxels/s")
     print("4/5 watershed fragments + waterz threshold sweep")
-    result = segment_volume(f"{out / 'val.zarr'}:affs", f"{out / 'val.zarr'}:seg", settings.segment, gt_spec=f"{data}:val/labels")
+    result = segment_volume(f"{out / 'val.zarr'}:affs", f"{out / 'val.zarr'}:seg", settings.segment, gt_spec=f"{data}:val/labels", progress=progress)
     print("5/5 evaluation on the validation volume (VOI in bits; label 0 ignored)")
     table = format_markdown_table(result["rows"], result["best"])
     print(table)

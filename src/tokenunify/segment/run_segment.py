@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
+from tqdm import tqdm
 
 from tokenunify.errors import InputError
 from tokenunify.evaluate.metrics import evaluate_segmentation
@@ -39,6 +40,7 @@ def segment_volume(
     gt_spec: str | None = None,
     threshold: float | None = None,
     overwrite: bool = False,
+    progress: bool = True,
 ) -> dict[str, Any]:
     """Segment affinities; with `gt_spec`, sweep the thresholds, score each and keep the best.
 
@@ -63,7 +65,9 @@ def segment_volume(
         chosen = [threshold] if threshold is not None else list(settings.thresholds)
     rows: list[dict[str, Any]] = []
     best_seg, best_key = None, None
-    for value, seg in segmentations(affs, offsets, settings, chosen):
+    sweep = segmentations(affs, offsets, settings, chosen)
+    total = 1 if settings.method == "mws" else len(chosen)
+    for value, seg in tqdm(sweep, total=total, desc="agglomerate", unit="threshold", disable=not progress):
         row: dict[str, Any] = {"threshold": float(value), "n_segments": int(len(np.unique(seg)))}
         if gt is not None:
             row.update(evaluate_segmentation(seg, gt))
