@@ -108,3 +108,20 @@ def test_real_data_attributes(real_data):
         assert vol.shape == (160, 250, 250)
         assert vol.voxel_size == (10.0, 10.0, 10.0)
         assert vol[0:2, 0:3, 0:4].shape == (2, 3, 4)
+
+
+def test_region_of_interest(tmp_path, data):
+    write_volume(f"{tmp_path}/r.h5:raw", data, (40, 4, 4))
+    vol = open_volume(f"{tmp_path}/r.h5:raw[2:5,:,10:-5]")
+    assert vol.shape == (3, 20, 15) and vol.voxel_size == (40.0, 4.0, 4.0)
+    np.testing.assert_array_equal(vol.read(), data[2:5, :, 10:-5])
+    np.testing.assert_array_equal(vol[1, 3:7, ::2], data[3, 3:7, 10:-5:2])
+    np.testing.assert_array_equal(vol[-1], data[4, :, 10:-5])
+    affs = np.stack([data, data + 1])
+    write_volume(f"{tmp_path}/r.zarr:affs", affs, (40, 4, 4))
+    np.testing.assert_array_equal(open_volume(f"{tmp_path}/r.zarr:affs[1:3]").read(), affs[:, 1:3])
+    with pytest.raises(InputError, match="empty or outside"):
+        open_volume(f"{tmp_path}/r.h5:raw[7:9]")
+    with pytest.raises(OutputError, match="region cannot be written"):
+        write_volume(f"{tmp_path}/r.h5:other[0:2]", data, (1, 1, 1))
+    assert str(parse_spec("a.h5:raw[120:160]")) == "a.h5:raw[120:160]"

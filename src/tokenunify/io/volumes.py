@@ -154,12 +154,55 @@ def _open_tiff(spec: VolumeSpec) -> Volume:
 
 
 def open_volume(spec: "str | Path | VolumeSpec") -> Volume:
-    """Open `PATH:DATASET` for reading. Raises InputError naming the file and problem."""
+    """Open `PATH:DATASET[roi]` for reading. Raises InputError naming the file and problem."""
     spec = parse_spec(spec)
     if not spec.path.exists():
         raise InputError(spec.path, "no such file or directory")
     opener = {"hdf5": _open_hdf5, "zarr": _open_zarr, "tiff": _open_tiff}[spec.format]
-    return opener(spec)
+    volume = opener(spec)
+    if spec.roi:
+        volume._array = _Crop(volume._array, spec.roi, str(spec))
+    return volume
+
+
+class _Crop:
+    """A region of the last three axes of an array, sliced in its own coordinates."""
+
+    def __init__(self, array: Any, roi: tuple[tuple[int | None, int | None], ...], where: str) -> None:
+        shape = tuple(int(s) for s in array.shape)
+        lead = max(len(shape) - 3, 0)
+        self._array = array
+        self.attrs = getattr(array, "attrs", {})
+        self.dtype = array.dtype
+        self.starts = [0] * len(shape)
+        stops = list(shape)
+        for axis, (start, stop) in enumerate(roi, start=lead):
+            if axis >= len(shape):
+                raise InputError(where, f"region has more axes than the volume's shape {shape}")
+            size = shape[axis]
+            begin, end, _ = slice(start, stop).indices(size)
+            if end <= begin:
+                raise InputError(where, f"region {start}:{stop} is empty or outside axis {axis} of size {size}")
+            self.starts[axis], stops[axis] = begin, end
+        self.shape = tuple(b - a for a, b in zip(self.starts, stops))
+
+    def __getitem__(self, key: Any) -> Any:
+        key = key if isinstance(key, tuple) else (key,)
+        if any(k is Ellipsis for k in key):
+            at = key.index(Ellipsis)
+            key = key[:at] + (slice(None),) * (len(self.shape) - len(key) + 1) + key[at + 1 :]
+        key = key + (slice(None),) * (len(self.shape) - len(key))
+        parent = []
+        for k, start, size in zip(key, self.starts, self.shape):
+            if isinstance(k, slice):
+                begin, end, step = k.indices(size)
+                if step < 1:
+                    raise ValueError("a cropped volume supports only positive slice steps")
+                parent.append(slice(start + begin, start + max(end, begin), step))
+            else:
+                index = int(k) + size if int(k) < 0 else int(k)
+                parent.append(start + index)
+        return self._array[tuple(parent)]
 
 
 def volume_exists(spec: "str | Path | VolumeSpec") -> bool:

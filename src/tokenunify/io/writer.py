@@ -28,6 +28,8 @@ _STAGING_PREFIX = "_tokenunify_partial_"
 def check_output(spec: "str | Path | VolumeSpec", overwrite: bool = False) -> VolumeSpec:
     """Fail early, before any work, if `spec` exists or cannot be written."""
     spec = parse_spec(spec)
+    if spec.roi:
+        raise OutputError(spec, "a region cannot be written; name the whole dataset as the output")
     if volume_exists(spec) and not overwrite:
         raise OutputError(spec, "already exists; pass --overwrite to replace it")
     parent = spec.path.resolve().parent

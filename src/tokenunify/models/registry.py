@@ -26,9 +26,10 @@ def register(name: str) -> Callable[[Callable[..., torch.nn.Module]], Callable[.
 
 def _load_builtin() -> None:
     # Imported lazily so that `import tokenunify` stays light.
-    from tokenunify.models import unet
+    from tokenunify.models import tokenunify_net, unet
 
     _BUILDERS.setdefault("unet", unet.build_unet)
+    _BUILDERS.setdefault("tokenunify", tokenunify_net.build_tokenunify)
 
 
 def build_model(spec: dict[str, Any]) -> torch.nn.Module:

@@ -197,13 +197,14 @@ class _ChunkedScan(torch.autograd.Function):
             s0 = starts[i]
             s1 = min(s0 + chunk, Lp)
             dt, u, Bc, h0 = dtt[s0:s1], ut[s0:s1], Bt[s0:s1], states[i]
-            a, h = _states(dt, u, A, Bc, h0, sub)
-            a_next = torch.exp(dtt[s1:s1 + 1].unsqueeze(-1) * A)  # decay of the next chunk's first step
-            a_next = torch.cat([a[1:], a_next])
+            # one step more than the chunk: the adjoint scan needs the decay a_{t+1}
+            a_ext = torch.exp(dtt[s0:s1 + 1].unsqueeze(-1) * A)
+            a = a_ext[:-1]
+            h = (dt * u).unsqueeze(-1) * Bc.unsqueeze(2)
+            _scan_forward_(a, h, h0, dt, A, sub)
             g = gyt[s0:s1].unsqueeze(-1) * Ct[s0:s1].unsqueeze(2)  # dL/dh_t before the adjoint scan
-            _scan_reverse_(a_next, g, G, dtt[s0 + 1:s1 + 1], A, sub)
+            _scan_reverse_(a_ext[1:], g, G, dtt[s0 + 1:s1 + 1], A, sub)
             G = g[0].clone()
-            del a_next
             # q_t = g_t * a_t * h_{t-1}: the gradient w.r.t. log-decay
             q = a.mul_(g)
             q[1:].mul_(h[:-1])

@@ -1,0 +1,295 @@
+"""TokenUnify network: hierarchical Mamba/ViT encoder, UNETR decoder, Perceiver next-token head.
+
+One class serves both phases of the method:
+
+- **pretraining** (``pretraining=True``, ``out_channels`` = ``in_channels``):
+  :meth:`TokenUnifyNet.forward_tokens` reconstructs a crop whose hidden tokens
+  were blanked (random / next-all token prediction score the reconstruction
+  on the target tokens), and :meth:`TokenUnifyNet.predict_next` predicts the
+  content of token ``n`` from a Perceiver summary of the visible context
+  (next-token prediction). :meth:`TokenUnifyNet.hide` blanks tokens with the
+  model's learned mask token.
+- **fine-tuning** (``pretraining=False``): ``forward(x)`` returns dense
+  logits, one channel per affinity offset, with the U-Net's contract
+  (``downsample_factor``, ``check_input_shape``), so training and blockwise
+  prediction use it unchanged.
+
+Encoder and decoder parameters have the same names and shapes in both
+configurations; only ``decoder.head`` (its channel count) and the
+pretraining-only ``perceiver``, ``next_head`` and ``mask_token`` differ, so
+:func:`tokenunify.segment.init.load_pretrained` (with ``allow_mismatch=True``
+for the head) moves a pretrained backbone into a segmentation model by name.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from tokenunify.models.decoder import UNETRDecoder
+from tokenunify.models.encoder import HierarchicalEncoder
+from tokenunify.models.perceiver import NextTokenHead, PerceiverResampler
+from tokenunify.tokens.masks import hide_tokens
+from tokenunify.tokens.patchify import (
+    ANISOTROPIC_PATCH,
+    ISOTROPIC_PATCH,
+    patchify,
+    token_grid,
+    unpatchify,
+)
+
+__all__ = [
+    "PRESETS",
+    "TokenUnifyNet",
+    "build_tokenunify",
+    "count_parameters",
+    "list_presets",
+]
+
+Triple = tuple[int, int, int]
+
+
+class TokenUnifyNet(nn.Module):
+    """Encoder + UNETR decoder (+ Perceiver next-token head when pretraining).
+
+    Args:
+        in_channels: input channels (1 for grey-scale EM).
+        out_channels: dense output channels (``in_channels`` for
+            reconstruction, the number of affinity offsets for segmentation).
+        stem_width, dims, depths, mixer, anisotropic, strides, mixer_kwargs:
+            see :class:`~tokenunify.models.encoder.HierarchicalEncoder`.
+        patch: token patch (pz, py, px) of the pretraining tasks; default
+            4x16x16 (anisotropic) or 8x8x8 (isotropic).
+        pretraining: add the mask token, Perceiver Resampler and next-token head.
+        n_latents: Perceiver latents.
+        perceiver_depth: Perceiver layers.
+        head_depth: cross-attention layers of the next-token head.
+    """
+
+    def __init__(
+        self,
+        in_channels: int = 1,
+        out_channels: int = 3,
+        stem_width: int = 16,
+        dims: Sequence[int] = (32, 64, 128, 256),
+        depths: Sequence[int] = (1, 1, 1, 1),
+        mixer: str = "mamba",
+        anisotropic: bool = True,
+        strides: Sequence[Sequence[int]] | None = None,
+        mixer_kwargs: Mapping[str, Any] | None = None,
+        patch: Sequence[int] | None = None,
+        pretraining: bool = False,
+        n_latents: int = 32,
+        perceiver_depth: int = 2,
+        head_depth: int = 1,
+    ) -> None:
+        super().__init__()
+        if out_channels < 1:
+            raise ValueError(f"out_channels must be positive, got {out_channels}")
+        self.encoder = HierarchicalEncoder(
+            in_channels, stem_width, dims, depths, mixer, anisotropic, strides, mixer_kwargs
+        )
+        enc = self.encoder
+        self.decoder = UNETRDecoder(stem_width, enc.dims, enc.strides, enc.kernels, out_channels)
+        self.in_channels, self.out_channels, self.mixer = in_channels, out_channels, mixer
+        self.anisotropic, self.pretraining = anisotropic, pretraining
+        if patch is None:
+            patch = ANISOTROPIC_PATCH if anisotropic else ISOTROPIC_PATCH
+        self.patch: Triple = tuple(int(p) for p in patch)  # type: ignore[assignment]
+        if len(self.patch) != 3 or min(self.patch) < 1:
+            raise ValueError(f"patch must be three positive ints, got {patch}")
+        self.token_features = in_channels * self.patch[0] * self.patch[1] * self.patch[2]
+        self.mask_token: nn.Parameter | None = None
+        self.perceiver: PerceiverResampler | None = None
+        self.next_head: NextTokenHead | None = None
+        if pretraining:
+            # Zeros are a common intensity in normalised EM; a learned token
+            # lets the network tell "hidden" from "dark".
+            self.mask_token = nn.Parameter(torch.zeros(self.token_features))
+            deep = enc.dims[-1]
+            self.perceiver = PerceiverResampler(deep, n_latents, perceiver_depth)
+            self.next_head = NextTokenHead(deep, self.token_features, head_depth)
+
+    # -- shape contract (same as UNet3D) ---------------------------------------------
+
+    @property
+    def downsample_factor(self) -> Triple:
+        """Total downsampling per axis ``(z, y, x)``; input sizes must be multiples of it."""
+        return self.encoder.downsample_factor
+
+    def check_input_shape(self, shape: Sequence[int]) -> None:
+        """Raise ValueError unless ``shape`` = ``(B, C, z, y, x)`` is accepted by the model."""
+        shape = tuple(int(s) for s in shape)
+        if len(shape) != 5:
+            raise ValueError(f"TokenUnifyNet expects a 5D input (B, C, z, y, x), got shape {shape}")
+        if shape[1] != self.in_channels:
+            raise ValueError(f"TokenUnifyNet expects {self.in_channels} input channel(s), got {shape[1]}")
+        df = self.downsample_factor
+        if any(s <= 0 or s % f for s, f in zip(shape[2:], df)):
+            raise ValueError(
+                f"TokenUnifyNet input spatial shape {shape[2:]} must be positive multiples of the "
+                f"downsample factor {df} (z, y, x)"
+            )
+
+    # -- dense path ----------------------------------------------------------------------
+
+    def encode(self, x: Tensor) -> list[Tensor]:
+        """Checked input -> encoder features ``[stem, stage_0, ..., stage_3]``."""
+        self.check_input_shape(x.shape)
+        return self.encoder(x)
+
+    def forward(self, x: Tensor) -> Tensor:
+        """``(B, in_channels, D, H, W)`` -> logits ``(B, out_channels, D, H, W)``."""
+        return self.decoder(self.encode(x)).contiguous()
+
+    def forward_tokens(self, x_hidden: Tensor) -> Tensor:
+        """Dense reconstruction of a crop whose hidden tokens are blanked (see :meth:`hide`).
+
+        The same computation as :meth:`forward`; the name marks the
+        pretraining use. Score it with ``patchify`` on the target tokens.
+        """
+        return self.forward(x_hidden)
+
+    # -- pretraining -----------------------------------------------------------------------
+
+    def hide(self, x: Tensor, visible: Tensor) -> Tensor:
+        """Blank every non-visible token of ``x`` (B, C, D, H, W) with the mask token.
+
+        Args:
+            x: crop, spatial shape divisible by :attr:`patch`.
+            visible: bool ``(B, K)`` in token order (z slowest, x fastest).
+
+        Uses zeros when the model has no mask token (``pretraining=False``).
+        The gradient reaches the mask token, never the hidden content.
+        """
+        grid = token_grid(x.shape, self.patch)
+        tokens = hide_tokens(patchify(x, self.patch), visible, self.mask_token)
+        return unpatchify(tokens, self.patch, grid, x.shape[1])
+
+    def token_centers(self, shape: Sequence[int], target_index: int | Tensor) -> Tensor:
+        """Centres ``(B, 3)`` of tokens ``target_index`` in deepest-grid units (z, y, x).
+
+        Raises:
+            ValueError: for indices outside ``[0, K)`` or a batch-size mismatch.
+        """
+        b = int(shape[0])
+        nz, ny, nx = token_grid(shape, self.patch)
+        n = torch.as_tensor(target_index, dtype=torch.long).reshape(-1)
+        if n.numel() == 1:
+            n = n.expand(b)
+        if n.shape != (b,):
+            raise ValueError(f"target_index must be an int or ({b},) tensor, got shape {tuple(n.shape)}")
+        k = nz * ny * nx
+        if bool((n < 0).any()) or bool((n >= k).any()):
+            raise ValueError(f"target_index must lie in [0, {k}), got {n.tolist()}")
+        idx = torch.stack([n // (ny * nx), (n // nx) % ny, n % nx], dim=-1).float()
+        patch = torch.tensor(self.patch, dtype=torch.float32)
+        factor = torch.tensor(self.downsample_factor, dtype=torch.float32)
+        # token centre in voxels is (i + 0.5) * p; deepest voxel j's centre is (j + 0.5) * f
+        return (idx + 0.5) * patch / factor - 0.5
+
+    def _next_from_features(self, feats: Sequence[Tensor], shape: Sequence[int], target_index: int | Tensor) -> Tensor:
+        if self.perceiver is None or self.next_head is None:
+            raise RuntimeError("this TokenUnifyNet was built without pretraining=True: no next-token head")
+        deep = feats[-1]
+        centers = self.token_centers(shape, target_index).to(deep.device)
+        return self.next_head(self.perceiver(deep), deep, centers)
+
+    def predict_next(self, x_hidden: Tensor, target_index: int | Tensor) -> Tensor:
+        """Predict token ``target_index`` (int, or one per sample) of a crop.
+
+        ``x_hidden`` must already have token ``target_index`` and every other
+        non-visible token blanked (:meth:`hide`). Returns ``(B, token_features)``
+        in :func:`~tokenunify.tokens.patchify.patchify` feature order. A pure
+        function of its arguments: no state is kept between calls.
+        """
+        return self._next_from_features(self.encode(x_hidden), x_hidden.shape, target_index)
+
+    def forward_pretrain(
+        self, x_hidden: Tensor, target_index: int | Tensor | None = None
+    ) -> tuple[Tensor, Tensor | None]:
+        """Dense reconstruction and (if ``target_index`` is given) next-token prediction from one encoder pass."""
+        feats = self.encode(x_hidden)
+        dense = self.decoder(feats).contiguous()
+        nxt = None if target_index is None else self._next_from_features(feats, x_hidden.shape, target_index)
+        return dense, nxt
+
+
+def count_parameters(model: nn.Module) -> int:
+    """Number of trainable parameters."""
+    return sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+
+#: Size presets: widths and depths of the encoder (the decoder follows the
+#: widths). Parameter counts are those of the fine-tuning model (3 affinity
+#: outputs) and nearly equal for both mixers; ``tiny`` trains on a 2-core CPU,
+#: ``base`` matches the paper's 28M EMmamba, the rest its scaling study.
+PRESETS: dict[str, dict[str, Any]] = {
+    "tiny": {"stem_width": 16, "dims": (24, 48, 72, 112), "depths": (1, 1, 2, 3), "n_latents": 16},
+    "small": {"stem_width": 16, "dims": (32, 64, 128, 192), "depths": (1, 1, 2, 4), "n_latents": 32},
+    "base": {"stem_width": 24, "dims": (48, 96, 192, 384), "depths": (2, 2, 4, 6), "n_latents": 32},
+    "100M": {"stem_width": 32, "dims": (64, 128, 320, 640), "depths": (2, 2, 6, 10), "n_latents": 64},
+    "200M": {"stem_width": 32, "dims": (96, 192, 448, 896), "depths": (2, 2, 8, 10), "n_latents": 64},
+    "500M": {"stem_width": 48, "dims": (128, 256, 640, 1408), "depths": (2, 2, 8, 11), "n_latents": 64},
+    "1B": {"stem_width": 64, "dims": (160, 320, 896, 1920), "depths": (2, 2, 8, 13), "n_latents": 64},
+}
+
+#: Target parameter counts of the presets (fine-tuning configuration).
+PRESET_TARGETS: dict[str, int] = {
+    "tiny": 2_400_000,
+    "small": 7_500_000,
+    "base": 28_000_000,
+    "100M": 100_000_000,
+    "200M": 200_000_000,
+    "500M": 500_000_000,
+    "1B": 1_000_000_000,
+}
+
+
+def build_tokenunify(
+    preset: str = "tiny",
+    mixer: str = "mamba",
+    in_channels: int = 1,
+    out_channels: int = 3,
+    anisotropic: bool = True,
+    **overrides: Any,
+) -> TokenUnifyNet:
+    """Build a :class:`TokenUnifyNet` from a size preset.
+
+    Args:
+        preset: a key of :data:`PRESETS`.
+        mixer: ``"mamba"`` or ``"vit"``.
+        in_channels, out_channels, anisotropic: see :class:`TokenUnifyNet`.
+        **overrides: any other :class:`TokenUnifyNet` argument (e.g.
+            ``pretraining=True``, ``depths=...``), replacing the preset's value.
+
+    This is the ``"tokenunify"`` builder of :mod:`tokenunify.models.registry`,
+    so a checkpoint's ``{"name": "tokenunify", "preset": ..., ...}`` rebuilds it.
+
+    Raises:
+        ValueError: for an unknown preset.
+    """
+    if preset not in PRESETS:
+        raise ValueError(f"unknown preset {preset!r}; known: {', '.join(PRESETS)}")
+    kwargs: dict[str, Any] = {**PRESETS[preset], **overrides}
+    return TokenUnifyNet(
+        in_channels=in_channels, out_channels=out_channels, mixer=mixer, anisotropic=anisotropic, **kwargs
+    )
+
+
+def list_presets(mixers: Sequence[str] = ("mamba", "vit"), **kwargs: Any) -> list[dict[str, Any]]:
+    """``[{"name", "mixer", "parameters"}, ...]`` for every preset and mixer.
+
+    Models are built on the meta device, so even the 1B preset costs no
+    memory. ``kwargs`` go to :func:`build_tokenunify` (e.g. ``pretraining=True``).
+    """
+    rows = []
+    for name in PRESETS:
+        for mixer in mixers:
+            with torch.device("meta"):
+                model = build_tokenunify(name, mixer=mixer, **kwargs)
+            rows.append({"name": name, "mixer": mixer, "parameters": count_parameters(model)})
+    return rows
