@@ -38,6 +38,7 @@ def train(
     resume: bool = typer.Option(False, help="Continue the run in out_dir from its last checkpoint."),
     overwrite: bool = typer.Option(False, help="Start again even if out_dir holds a run."),
     init: Optional[Path] = typer.Option(None, help="Initialise the network from this checkpoint (fine-tuning)."),
+    allow_mismatch: bool = typer.Option(False, help="With --init: skip (not fail on) tensors whose shapes differ."),
     progress: bool = typer.Option(True, help="Show a progress bar."),
 ) -> None:
     """Train an affinity network on labelled EM (checkpoints, validation VOI/ARAND, loss PNG)."""
@@ -48,12 +49,46 @@ def train(
     raw = apply_overrides(load_yaml(config), list(overrides or []))
     if init is not None:
         raw["init"] = str(init)
+    if allow_mismatch:
+        raw["init_allow_mismatch"] = True
     settings = from_dict(TrainSettings, raw, str(config))
     summary = run_train(settings, resume=resume, overwrite=overwrite, progress=progress)
     typer.echo(json.dumps({k: v for k, v in summary.items() if k != "init"}, indent=2, default=str))
     if summary.get("init"):
         report = summary["init"]
-        typer.echo(f"initialised from {report['checkpoint']}: {len(report['loaded'])} tensors loaded, {len(report['fresh'])} fresh")
+        typer.echo(f"initialised from {report['checkpoint']}: {len(report['loaded'])} tensors loaded, "
+                   f"{len(report['fresh'])} fresh ({', '.join(report['fresh']) or 'none'}), "
+                   f"{len(report['unused'])} checkpoint tensors unused")
+
+
+@app.command(epilog="Example: tokenunify pretrain --config configs/pretrain_fib.yaml schedule.kind=staged train.steps=600")
+def pretrain(
+    overrides: List[str] = typer.Argument(None, help="KEY=VALUE config overrides."),
+    config: Path = typer.Option(..., "--config", "-c", help=CONFIG_HELP),
+    resume: bool = typer.Option(False, help="Continue the run in out_dir from its last checkpoint."),
+    overwrite: bool = typer.Option(False, help="Start again even if out_dir holds a run."),
+    progress: bool = typer.Option(True, help="Show a progress bar (loss, tokens/s)."),
+) -> None:
+    """Token-prediction pretraining (random / next / next-all / TokenUnify) on unlabelled EM."""
+    from tokenunify.config import apply_overrides, from_dict, load_yaml
+    from tokenunify.pretrain.loop import pretrain as run_pretrain
+    from tokenunify.pretrain.settings import PretrainSettings
+
+    settings = from_dict(PretrainSettings, apply_overrides(load_yaml(config), list(overrides or [])), str(config))
+    summary = run_pretrain(settings, resume=resume, overwrite=overwrite, progress=progress)
+    typer.echo(json.dumps(summary, indent=2, default=str))
+
+
+@app.command(epilog="Example: tokenunify models")
+def models() -> None:
+    """List the TokenUnify size presets with their parameter counts (fine-tuning configuration)."""
+    from tokenunify.models.tokenunify_net import list_presets
+    from tokenunify.models.unet import build_unet, count_parameters
+
+    typer.echo(f"{'preset':8s} {'mixer':6s} {'parameters':>14s}")
+    for row in list_presets():
+        typer.echo(f"{row['name']:8s} {row['mixer']:6s} {row['parameters']:>14,d}")
+    typer.echo(f"{'unet':8s} {'conv':6s} {count_parameters(build_unet()):>14,d}  (baseline U-Net, default width)")
 
 
 @app.command(epilog="Example: tokenunify predict --model runs/fib/checkpoints/best.pt --input data.h5:raw --output out.zarr:affs")

@@ -90,3 +90,11 @@ def test_orders_round_trip_and_differ() -> None:
     assert torch.equal(z_fast[0, 1], x[0, :, 1, 0, 0])  # z fastest
     with pytest.raises(ValueError, match="permutation"):
         MultiDirectionMamba(4, orders=("zzx",))
+
+
+def test_causal_conv_matches_conv1d() -> None:
+    torch.manual_seed(6)
+    mixer = MambaMixer(8, d_state=4)
+    x = torch.randn(2, 11, mixer.d_inner)
+    ref = mixer.conv1d(torch.nn.functional.pad(x.transpose(1, 2), (mixer.d_conv - 1, 0))).transpose(1, 2)
+    torch.testing.assert_close(mixer._causal_conv(x), ref)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -11,22 +12,26 @@ from tokenunify.errors import InputError
 from tokenunify.io.checkpoint import load_checkpoint
 
 
-def load_pretrained(model: torch.nn.Module, path: str | Path, allow_mismatch: bool = False) -> dict[str, Any]:
+def load_pretrained(
+    model: torch.nn.Module, path: str | Path, allow_mismatch: bool = False, head_prefixes: Sequence[str] = ()
+) -> dict[str, Any]:
     """Copy every tensor of the checkpoint whose name and shape match into `model`.
 
     A tensor with the right name but another shape is an error unless
-    `allow_mismatch` is set (then it is skipped and listed). Returns a report:
-    which tensors loaded, which were skipped, which model tensors kept their
-    fresh initialisation.
+    `allow_mismatch` is set (then it is skipped and listed) or it belongs to
+    the task head (`head_prefixes`), which is expected to change between
+    pretraining and fine-tuning. Returns a report: which tensors loaded, which
+    were skipped, which model tensors kept their fresh initialisation.
     """
     state = load_checkpoint(path)["model"]
     own = model.state_dict()
-    loaded, mismatched = [], []
+    loaded, mismatched, head_changed = [], [], []
     for name, tensor in state.items():
         if name not in own:
             continue
         if own[name].shape != tensor.shape:
-            mismatched.append(f"{name}: checkpoint {tuple(tensor.shape)} vs model {tuple(own[name].shape)}")
+            note = f"{name}: checkpoint {tuple(tensor.shape)} vs model {tuple(own[name].shape)}"
+            (head_changed if name.startswith(tuple(head_prefixes)) else mismatched).append(note)
             continue
         own[name] = tensor
         loaded.append(name)
@@ -39,6 +44,7 @@ def load_pretrained(model: torch.nn.Module, path: str | Path, allow_mismatch: bo
         "checkpoint": str(path),
         "loaded": loaded,
         "mismatched": mismatched,
+        "head_reinitialised": head_changed,
         "unused": sorted(set(state) - set(own)),
         "fresh": sorted(set(own) - set(loaded)),
     }

@@ -29,10 +29,17 @@ class DataSettings:
 
 @dataclass
 class ModelSettings:
-    """Network choice. `offsets` sets the output channels; the first three must be nearest neighbours."""
+    """Network choice. `offsets` sets the output channels; the first three must be nearest neighbours.
 
-    name: Literal["unet"] = "unet"
+    `unet` is the Superhuman-style baseline (`width` per level); `tokenunify`
+    is the pretrainable Mamba/ViT network (`preset`, `mixer`), which is what
+    `init` checkpoints from `tokenunify pretrain` load into.
+    """
+
+    name: Literal["unet", "tokenunify"] = "unet"
     width: tuple[int, ...] = (16, 32, 64, 96)
+    preset: str = "tiny"
+    mixer: Literal["mamba", "vit"] = "mamba"
     anisotropic: bool = False
     offsets: list[Offset] = field(default_factory=lambda: list(NEAREST) + [(-3, 0, 0), (0, -3, 0), (0, 0, -3), (-9, 0, 0), (0, -9, 0), (0, 0, -9)])
 
@@ -94,4 +101,7 @@ class TrainSettings:
     predict: PredictSettings = field(default_factory=PredictSettings)
     segment: SegmentSettings = field(default_factory=SegmentSettings)
     init: str | None = None
+    # Tensors outside the task head whose shapes differ from the checkpoint's
+    # are an error unless this is set (then they keep their fresh values).
+    init_allow_mismatch: bool = False
     out_dir: str = "runs/train"

@@ -9,9 +9,7 @@ states and history it holds, so a killed run loses at most a few steps.
 
 from __future__ import annotations
 
-import json
 import math
-import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,23 +18,28 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
-import yaml
 from tqdm import tqdm
 
 from tokenunify.config import to_dict
 from tokenunify.data.augment import augment, required_input_shape
 from tokenunify.data.sampler import CropSampler, resolve_region
-from tokenunify.errors import InputError, OutputError
+from tokenunify.errors import InputError
 from tokenunify.io import open_volume
 from tokenunify.io.checkpoint import load_checkpoint, save_checkpoint
 from tokenunify.io.validate import require_labels, require_raw, require_same_shape
 from tokenunify.models.registry import build_model, count_parameters
 from tokenunify.report.plots import plot_loss_curve, preview_png
+from tokenunify.run_folder import RunFolder, cosine_lr, restore_rng, rng_state
 from tokenunify.segment.affinities import affinities_from_labels, affinity_mask, balance_weights
 from tokenunify.segment.init import load_pretrained
 from tokenunify.segment.pipeline import sweep_scores
 from tokenunify.segment.predict import predict_blockwise
 from tokenunify.segment.settings import TrainSettings
+
+
+# The task-specific output layer: re-initialised when fine-tuning a network
+# pretrained for reconstruction (1 channel) to predict affinities.
+HEAD_PREFIXES = ("decoder.head.", "head.")
 
 
 @dataclass
@@ -52,7 +55,10 @@ class TrainData:
 def model_spec(settings: TrainSettings) -> dict[str, Any]:
     """The spec a checkpoint stores so the network can be rebuilt anywhere."""
     m = settings.model
-    return {"name": m.name, "in_channels": 1, "out_channels": len(m.offsets), "width": tuple(m.width), "anisotropic": m.anisotropic}
+    spec = {"name": m.name, "in_channels": 1, "out_channels": len(m.offsets), "anisotropic": m.anisotropic}
+    if m.name == "tokenunify":
+        return {**spec, "preset": m.preset, "mixer": m.mixer}
+    return {**spec, "width": tuple(m.width)}
 
 
 def open_training_data(settings: TrainSettings, input_shape: tuple[int, int, int]) -> TrainData:
@@ -105,11 +111,7 @@ def weighted_bce(logits: torch.Tensor, target: torch.Tensor, weight: torch.Tenso
 def learning_rate(step: int, settings: TrainSettings) -> float:
     """Short linear warm-up, then cosine decay from lr to lr_final."""
     loop = settings.train
-    warmup = min(100, loop.steps // 10)
-    if step < warmup:
-        return loop.lr * (step + 1) / warmup
-    progress = (step - warmup) / max(1, loop.steps - warmup)
-    return loop.lr_final + 0.5 * (loop.lr - loop.lr_final) * (1 + math.cos(math.pi * min(progress, 1.0)))
+    return cosine_lr(step, loop.steps, loop.lr, loop.lr_final)
 
 
 def validate(model: torch.nn.Module, data: TrainData, settings: TrainSettings) -> tuple[dict[str, Any], np.ndarray, np.ndarray]:
@@ -124,37 +126,17 @@ def validate(model: torch.nn.Module, data: TrainData, settings: TrainSettings) -
     return {"best": best, "rows": rows}, affs, seg
 
 
-def _run_paths(out_dir: Path) -> dict[str, Path]:
-    return {
-        "last": out_dir / "checkpoints" / "last.pt",
-        "best": out_dir / "checkpoints" / "best.pt",
-        "config": out_dir / "config.yaml",
-        "metrics": out_dir / "metrics.jsonl",
-        "loss_png": out_dir / "loss.png",
-        "preview": out_dir / "val_preview.png",
-    }
-
-
-def _write_metrics(path: Path, history: list[dict[str, Any]]) -> None:
-    staging = path.with_name(f".{path.name}.tmp")
-    staging.write_text("".join(json.dumps(row) + "\n" for row in history))
-    staging.replace(path)
-
-
 def train(settings: TrainSettings, resume: bool = False, overwrite: bool = False, progress: bool = True) -> dict[str, Any]:
     """Train an affinity network as configured; returns a summary dict."""
-    out_dir = Path(settings.out_dir)
-    paths = _run_paths(out_dir)
-    if paths["last"].exists() and not (resume or overwrite):
-        raise OutputError(out_dir, "already holds a training run; pass --resume to continue it or --overwrite to start again")
-    if resume and not paths["last"].exists():
-        raise InputError(paths["last"], "nothing to resume: no checkpoint in this run folder")
+    run = RunFolder(Path(settings.out_dir))
+    run.check(resume, overwrite)
     if settings.train.threads:
         torch.set_num_threads(settings.train.threads)
     loop = settings.train
     input_shape = required_input_shape(tuple(loop.crop), settings.augment)
     data = open_training_data(settings, input_shape)
 
+    torch.manual_seed(loop.seed)  # before building: the initial weights come from the seed
     spec = model_spec(settings)
     model = build_model(spec)
     optimizer = torch.optim.AdamW(model.parameters(), lr=loop.lr, weight_decay=loop.weight_decay)
@@ -163,23 +145,22 @@ def train(settings: TrainSettings, resume: bool = False, overwrite: bool = False
     step, history, val_history, best_voi = 0, [], [], math.inf
     init_report: dict[str, Any] | None = None
     if resume:
-        state = load_checkpoint(paths["last"])
+        state = load_checkpoint(run.last)
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         step, history, val_history = state["step"], state["history"], state["val_history"]
         best_voi = state.get("best_voi", math.inf)
-        rng.bit_generator.state = state["numpy_rng"]
-        torch.set_rng_state(state["torch_rng"])
+        restore_rng(rng, state)
     elif settings.init:
-        init_report = load_pretrained(model, settings.init)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    paths["config"].write_text(yaml.safe_dump(to_dict(settings), sort_keys=False))
+        init_report = load_pretrained(model, settings.init, allow_mismatch=settings.init_allow_mismatch,
+                                      head_prefixes=HEAD_PREFIXES)
+    run.write_config(settings)
 
     def checkpoint(path: Path) -> None:
         save_checkpoint(path, {
             "model_spec": spec, "model": model.state_dict(), "optimizer": optimizer.state_dict(), "step": step,
             "config": to_dict(settings), "history": history, "val_history": val_history, "best_voi": best_voi,
-            "numpy_rng": rng.bit_generator.state, "torch_rng": torch.get_rng_state(),
+            **rng_state(rng),
             "offsets": [list(o) for o in settings.model.offsets], "voxel_size": list(data.voxel_size),
         })
 
@@ -205,7 +186,7 @@ def train(settings: TrainSettings, resume: bool = False, overwrite: bool = False
         bar.update(1)
         bar.set_postfix(loss=f"{history[-1]['loss']:.4f}")
         if step % loop.checkpoint_every == 0 or step == loop.steps:
-            checkpoint(paths["last"])
+            checkpoint(run.last)
         if data.val_raw is not None and (step % loop.val_every == 0 or step == loop.steps):
             report, affs, seg = validate(model, data, settings)
             best = report["best"]
@@ -213,17 +194,17 @@ def train(settings: TrainSettings, resume: bool = False, overwrite: bool = False
             tqdm.write(f"step {step}: val VOI {best['voi']:.3f} (split {best['voi_split']:.3f}, merge {best['voi_merge']:.3f}), ARAND {best['arand']:.3f} at threshold {best['threshold']}")
             if best["voi"] < best_voi:
                 best_voi = best["voi"]
-                checkpoint(paths["best"])
-                preview_png(paths["preview"], data.val_raw, affs, seg, data.val_gt, title=f"validation, step {step}")
-            checkpoint(paths["last"])
+                checkpoint(run.best)
+                preview_png(run.file("val_preview.png"), data.val_raw, affs, seg, data.val_gt, title=f"validation, step {step}")
+            checkpoint(run.last)
     bar.close()
-    checkpoint(paths["last"])
-    _write_metrics(paths["metrics"], history + [{"val": v} for v in val_history])
-    plot_loss_curve([h["step"] for h in history], [h["loss"] for h in history], paths["loss_png"], val_history)
+    checkpoint(run.last)
+    run.write_metrics(history + [{"val": v} for v in val_history])
+    plot_loss_curve([h["step"] for h in history], [h["loss"] for h in history], run.file("loss.png"), val_history)
     return {
-        "out_dir": str(out_dir), "steps": step, "parameters": count_parameters(model),
+        "out_dir": str(run.root), "steps": step, "parameters": count_parameters(model),
         "final_loss": float(np.mean([h["loss"] for h in history[-20:]])) if history else None,
         "best_val": min(val_history, key=lambda v: v["voi"]) if val_history else None,
         "minutes": (time.monotonic() - started) / 60, "init": init_report,
-        "checkpoint": str(paths["best"] if paths["best"].exists() else paths["last"]),
+        "checkpoint": str(run.best if run.best.exists() else run.last),
     }

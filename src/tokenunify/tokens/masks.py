@@ -83,7 +83,14 @@ class TokenMasks:
 
 
 class MaskSampler(ABC):
-    """Base of all objectives: ``sampler(batch, n_tokens, generator) -> TokenMasks``."""
+    """Base of all objectives: ``sampler(batch, n_tokens, generator) -> TokenMasks``.
+
+    ``head`` says which output scores the targets: ``"dense"`` (the decoder's
+    reconstruction, for any number of targets) or ``"next"`` (the Perceiver
+    next-token head, for exactly one target per sample at ``prefix``).
+    """
+
+    head: str = "dense"
 
     @abstractmethod
     def sample(self, batch: int, n_tokens: int, generator: torch.Generator) -> TokenMasks:
@@ -232,8 +239,11 @@ class _PrefixMask(MaskSampler):
 class NextTokenMask(_PrefixMask):
     """Tokens 0..n-1 visible, token n the only target; n uniform in [min_prefix, max_prefix].
 
-    ``max_prefix`` defaults to (and is capped at) K-1.
+    ``max_prefix`` defaults to (and is capped at) K-1. Scored through the
+    Perceiver next-token head.
     """
+
+    head = "next"
 
     def sample(self, batch: int, n_tokens: int, generator: torch.Generator) -> TokenMasks:
         prefix = self.draw_prefix(batch, n_tokens, generator)

@@ -1,0 +1,1 @@
+"""Self-supervised pretraining: objectives, schedules and the loop."""

@@ -1,0 +1,58 @@
+"""Typed settings for `tokenunify pretrain` (checked from YAML by `tokenunify.config`)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from tokenunify.data.augment import AugmentConfig
+from tokenunify.pretrain.schedule import ScheduleSettings
+
+
+@dataclass
+class PretrainData:
+    """Unlabelled volumes (`PATH:DATASET`, regions allowed); crops are drawn in proportion to size."""
+
+    volumes: list[str] = field(default_factory=list)
+
+
+@dataclass
+class PretrainModel:
+    """The TokenUnify network: a size preset and the mixer (`mamba` or `vit`)."""
+
+    preset: str = "tiny"
+    mixer: Literal["mamba", "vit"] = "mamba"
+    anisotropic: bool = False
+    patch: tuple[int, int, int] | None = None
+
+
+@dataclass
+class PretrainLoop:
+    """The optimisation loop. `normalize_targets`: per-patch normalised targets (MAE)."""
+
+    steps: int = 1000
+    batch_size: int = 2
+    crop: tuple[int, int, int] = (32, 64, 64)
+    lr: float = 1e-3
+    lr_final: float = 1e-5
+    weight_decay: float = 0.05
+    bf16: bool = True
+    seed: int = 0
+    threads: int | None = None
+    normalize_targets: bool = True
+    checkpoint_every: int = 50
+    preview_every: int = 250
+    max_minutes: float | None = None
+
+
+@dataclass
+class PretrainSettings:
+    """Everything `tokenunify pretrain` needs. `samplers` holds keyword arguments per objective."""
+
+    data: PretrainData = field(default_factory=PretrainData)
+    model: PretrainModel = field(default_factory=PretrainModel)
+    train: PretrainLoop = field(default_factory=PretrainLoop)
+    schedule: ScheduleSettings = field(default_factory=ScheduleSettings)
+    samplers: dict[str, Any] = field(default_factory=lambda: {"random": {"ratio": 0.75}, "next": {}, "next_all": {}})
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+    out_dir: str = "runs/pretrain"
