@@ -128,9 +128,9 @@ def _sweep(args: argparse.Namespace) -> None:
     ]
     leaves = [t.requires_grad_() for t in leaves]
     print(f"scan sweep, forward+backward of selective_scan_chunked at (B, D, N, L) = ({b}, {d}, {n}, {L}):")
-    for chunk in (64, 128, 256, 512, 2048):
+    for chunk in (16, 32, 64, 128, 256):
         row = []
-        for sub in (1, 8, 16, 32, 64):
+        for sub in sorted({8, 16, 32, chunk}):
             if sub > chunk:
                 continue
             best = float("inf")

@@ -46,11 +46,17 @@ __all__ = [
     "selective_scan_ref",
 ]
 
-#: Steps held in memory at once (forward recompute unit). Chosen by measurement
-#: (see ``benchmarks/bench_mamba.py --sweep``): 128-256 are equally fast at
-#: d_inner 256, d_state 16; 256 halves the Python loop count of 128.
-DEFAULT_CHUNK_SIZE = 256
-#: Sub-chunk length of the two-level scan inside a chunk (measured, see above).
+#: Steps per chunk: the scan holds about five (chunk, B, N, D) fp32 buffers at
+#: a time. Measured forward+backward of the scan alone at (B, D, N, L) =
+#: (4, 256, 16, 2048), 2 threads (``benchmarks/bench_mamba.py --sweep``), in ms:
+#: chunk/sub 16/16: 155, 32/32: 143, 64/64: 129, 32/8: 126, 64/8: 108,
+#: 64/16: 106, 96/16: 100, 128/8: 129, 128/16: 123, 256/16: 148. Small
+#: chunks keep the buffers in cache; much smaller ones pay Python overhead.
+DEFAULT_CHUNK_SIZE = 64
+#: Sub-chunk length of the two-level scan inside a chunk (see above): with
+#: ``chunk // sub`` sub-chunks scanned side by side each step's op is big
+#: enough to split across threads; ``sub == chunk`` is a plain sequential scan
+#: (about as fast single-threaded).
 DEFAULT_SUB_CHUNK = 16
 
 
@@ -327,10 +333,12 @@ def selective_scan(
     """
     if u.is_cuda and mamba_ssm_available():
         fn = _MAMBA_SSM
-        # the kernel wants B, C in the input dtype and D, delta_bias in fp32
+        # the kernel checks dtypes: delta, B, C, z as u; A, D, delta_bias fp32
+        u = u.contiguous()
+        same = lambda t: t.to(u.dtype).contiguous()  # noqa: E731
         return fn(  # type: ignore[operator]
-            u.contiguous(), delta.contiguous(), A.float(), B.to(u.dtype).contiguous(), C.to(u.dtype).contiguous(),
-            None if D is None else D.float(), None if z is None else z.contiguous(),
+            u, same(delta), A.float(), same(B), same(C),
+            None if D is None else D.float(), None if z is None else same(z),
             None if delta_bias is None else delta_bias.float(), delta_softplus,
         )
     return selective_scan_chunked(u, delta, A, B, C, D, z, delta_bias, delta_softplus)
