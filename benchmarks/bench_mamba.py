@@ -10,7 +10,9 @@ Contenders (all at the same d_model / n_layers, input ``(batch, length, d_model)
 * ``ours_fp32``   -- :class:`tokenunify.models.mamba.MambaStack`, chunked CPU scan
 * ``ours_bf16``   -- the same under ``torch.autocast("cpu", torch.bfloat16)``
   (linear/conv in bf16; the scan itself stays fp32)
-* ``mambapy``     -- ``mambapy.mamba.Mamba`` (pure-PyTorch parallel scan), if installed
+* ``mambapy``     -- ``mambapy.mamba.Mamba`` (pure-PyTorch parallel scan), if installed;
+  install it with ``pip install --no-deps mambapy`` (its own requirements
+  would pull an unpinned, multi-GB CUDA torch)
 * ``transformer`` -- ``nn.TransformerEncoder`` (nhead 4, ff 4x d_model, pre-norm, no dropout)
 
 A step is forward + ``out.float().square().mean().backward()``; gradients are

@@ -80,3 +80,19 @@ def restore_rng(rng: np.random.Generator, state: dict[str, Any]) -> None:
     """Undo `rng_state`."""
     rng.bit_generator.state = state["numpy_rng"]
     torch.set_rng_state(state["torch_rng"])
+
+
+def guarded_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, max_norm: float | None) -> tuple[float, bool]:
+    """Clip the gradient norm and step, unless the gradients are not finite.
+
+    A step whose gradient norm is NaN or infinite is skipped (as mixed-precision
+    loss scalers do) rather than allowed to write NaN into the weights; the
+    caller records it, so skipped steps are reported, not hidden. Returns
+    (gradient norm before clipping, whether the step was taken).
+    """
+    norm = torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm if max_norm else float("inf"))
+    if not torch.isfinite(norm):
+        optimizer.zero_grad(set_to_none=True)
+        return float(norm), False
+    optimizer.step()
+    return float(norm), True

@@ -56,7 +56,15 @@ ISOTROPIC_STRIDES: tuple[Triple, ...] = ((2, 2, 2),) * 4
 
 
 class ChannelNorm(nn.LayerNorm):
-    """LayerNorm over the channel axis of a ``(B, C, ...)`` tensor (one statistic per voxel)."""
+    """LayerNorm over the channel axis of a ``(B, C, ...)`` tensor (one statistic per voxel).
+
+    ``eps`` is 1e-3, not LayerNorm's 1e-5: where a voxel's channels are
+    (nearly) equal, as in flat image regions, the gradient is scaled by
+    1/sqrt(var + eps), and stacked norms then multiplied it into 1e13 and NaN.
+    """
+
+    def __init__(self, channels: int, eps: float = 1e-3) -> None:
+        super().__init__(channels, eps=eps)
 
     def forward(self, x: Tensor) -> Tensor:
         return super().forward(x.movedim(1, -1)).movedim(-1, 1)
@@ -70,7 +78,9 @@ class ConvBlock(nn.Module):
     """Two 'same' convolutions with norm and GELU, plus a (projected) residual.
 
     Bias is kept in the convolutions: a per-voxel LayerNorm does not absorb
-    a per-channel shift the way BatchNorm would.
+    a per-channel shift the way BatchNorm would. It keeps PyTorch's random
+    initialisation: zero biases make a flat input region give all-equal
+    channels, the degenerate case of the per-voxel norm.
     """
 
     def __init__(self, cin: int, cout: int, kernel: Triple) -> None:
@@ -83,7 +93,6 @@ class ConvBlock(nn.Module):
         for m in self.modules():
             if isinstance(m, nn.Conv3d):
                 nn.init.kaiming_normal_(m.weight, nonlinearity="relu")
-                nn.init.zeros_(m.bias)
 
     def forward(self, x: Tensor) -> Tensor:
         y = F.gelu(self.norm1(self.conv1(x)))

@@ -106,9 +106,11 @@ class TokenUnifyNet(nn.Module):
         self.perceiver: PerceiverResampler | None = None
         self.next_head: NextTokenHead | None = None
         if pretraining:
-            # Zeros are a common intensity in normalised EM; a learned token
-            # lets the network tell "hidden" from "dark".
-            self.mask_token = nn.Parameter(torch.zeros(self.token_features))
+            # A learned token lets the network tell "hidden" from "dark". It
+            # starts as noise in the intensity range, not zeros: a flat masked
+            # region makes every channel of the first conv equal, and the
+            # per-voxel norms then blow its gradient up (to 1e13 here).
+            self.mask_token = nn.Parameter(torch.rand(self.token_features))
             deep = enc.dims[-1]
             self.perceiver = PerceiverResampler(deep, n_latents, perceiver_depth)
             self.next_head = NextTokenHead(deep, self.token_features, head_depth)

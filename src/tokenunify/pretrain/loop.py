@@ -27,7 +27,7 @@ from tokenunify.pretrain.objectives import ObjectiveOutput, objective_loss
 from tokenunify.pretrain.schedule import objective_for_step
 from tokenunify.pretrain.settings import PretrainSettings
 from tokenunify.report.pretrain_plots import plot_objective_losses, reconstruction_png
-from tokenunify.run_folder import RunFolder, cosine_lr, restore_rng, rng_state
+from tokenunify.run_folder import RunFolder, cosine_lr, guarded_step, restore_rng, rng_state
 from tokenunify.tokens.masks import MaskSampler, available_samplers, build_sampler
 
 
@@ -122,13 +122,14 @@ def pretrain(settings: PretrainSettings, resume: bool = False, overwrite: bool =
             out = objective_loss(model, x, samplers[name], mask_generator, loop.normalize_targets)
         optimizer.zero_grad(set_to_none=True)
         out.loss.backward()
-        optimizer.step()
+        grad_norm, stepped = guarded_step(model, optimizer, loop.clip_grad_norm)
         step += 1
         n_tokens = out.masks.visible.numel()
         tokens_seen += n_tokens
         seconds = time.monotonic() - tick
         history.append({"step": step, "objective": name, "loss": float(out.loss.detach()), "seconds": seconds,
-                        "tokens": n_tokens, "targets": out.n_target_tokens})
+                        "tokens": n_tokens, "targets": out.n_target_tokens,
+                        "grad_norm": grad_norm, "skipped": not stepped})
         bar.update(1)
         bar.set_postfix(obj=name, loss=f"{history[-1]['loss']:.4f}", tok_s=f"{n_tokens / max(seconds, 1e-9):.0f}")
         if step % loop.checkpoint_every == 0 or step == loop.steps:
@@ -142,6 +143,7 @@ def pretrain(settings: PretrainSettings, resume: bool = False, overwrite: bool =
     if history:
         plot_objective_losses(history, run.file("loss_per_objective.png"))
     return {"out_dir": str(run.root), "steps": step, "tokens_seen": tokens_seen, "parameters": count_parameters(model),
+            "skipped_steps": sum(1 for h in history if h.get("skipped")),
             "minutes": (time.monotonic() - started) / 60, "loss_by_objective": _loss_summary(history),
             "checkpoint": str(run.last)}
 

@@ -40,6 +40,7 @@ class PretrainLoop:
     seed: int = 0
     threads: int | None = None
     normalize_targets: bool = True
+    clip_grad_norm: float | None = 1.0
     checkpoint_every: int = 50
     preview_every: int = 250
     max_minutes: float | None = None

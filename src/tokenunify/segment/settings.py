@@ -57,6 +57,9 @@ class LoopSettings:
     bf16: bool = True
     seed: int = 0
     threads: int | None = None
+    # None: no clipping (the FIB results in docs/results.md were trained so);
+    # non-finite gradients always skip the step.
+    clip_grad_norm: float | None = None
     checkpoint_every: int = 100
     val_every: int = 500
     max_minutes: float | None = None

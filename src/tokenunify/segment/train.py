@@ -29,7 +29,7 @@ from tokenunify.io.checkpoint import load_checkpoint, save_checkpoint
 from tokenunify.io.validate import require_labels, require_raw, require_same_shape
 from tokenunify.models.registry import build_model, count_parameters
 from tokenunify.report.plots import plot_loss_curve, preview_png
-from tokenunify.run_folder import RunFolder, cosine_lr, restore_rng, rng_state
+from tokenunify.run_folder import RunFolder, cosine_lr, guarded_step, restore_rng, rng_state
 from tokenunify.segment.affinities import affinities_from_labels, affinity_mask, balance_weights
 from tokenunify.segment.init import load_pretrained
 from tokenunify.segment.pipeline import sweep_scores
@@ -180,9 +180,10 @@ def train(settings: TrainSettings, resume: bool = False, overwrite: bool = False
         loss = weighted_bce(logits, target, weight)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        optimizer.step()
+        grad_norm, stepped = guarded_step(model, optimizer, loop.clip_grad_norm)
         step += 1
-        history.append({"step": step, "loss": float(loss.detach()), "lr": optimizer.param_groups[0]["lr"], "seconds": time.monotonic() - tick})
+        history.append({"step": step, "loss": float(loss.detach()), "lr": optimizer.param_groups[0]["lr"],
+                        "seconds": time.monotonic() - tick, "grad_norm": grad_norm, "skipped": not stepped})
         bar.update(1)
         bar.set_postfix(loss=f"{history[-1]['loss']:.4f}")
         if step % loop.checkpoint_every == 0 or step == loop.steps:
@@ -206,5 +207,6 @@ def train(settings: TrainSettings, resume: bool = False, overwrite: bool = False
         "final_loss": float(np.mean([h["loss"] for h in history[-20:]])) if history else None,
         "best_val": min(val_history, key=lambda v: v["voi"]) if val_history else None,
         "minutes": (time.monotonic() - started) / 60, "init": init_report,
+        "skipped_steps": sum(1 for h in history if h.get("skipped")),
         "checkpoint": str(run.best if run.best.exists() else run.last),
     }
