@@ -138,7 +138,7 @@ def segment(
     result = segment_volume(affs, output, settings, gt, None if method == "mws" else threshold, overwrite, progress)
     if gt is not None:
         typer.echo(format_markdown_table(result["rows"], result["best"]))
-    typer.echo(f"wrote {output}: {result['best']['n_segments'] if 'n_segments' in result['best'] else ''} segments at threshold {result['best']['threshold']}")
+    typer.echo(f"wrote {output}: {result['best']['n_seg_ids']} segments at threshold {result['best']['threshold']}")
     if preview is not None:
         _segment_preview(preview, raw, result, gt)
 

@@ -19,7 +19,7 @@ from tokenunify.config import from_dict
 from tokenunify.data.synthetic import make_synthetic_volume
 from tokenunify.errors import OutputError
 from tokenunify.evaluate.sweep import format_markdown_table
-from tokenunify.io import write_volume
+from tokenunify.io import open_volume, write_volume
 from tokenunify.report.plots import plot_sweep, preview_png
 from tokenunify.segment.run_predict import predict_volume
 from tokenunify.segment.run_segment import segment_volume
@@ -69,8 +69,6 @@ def run_demo(out: Path, steps: int = 400, overwrite: bool = False, progress: boo
     print(table)
     best = result["best"]
     plot_sweep(result["rows"], out / "sweep.png", title="demo: validation threshold sweep")
-    from tokenunify.io import open_volume
-
     raw = open_volume(f"{data}:val/raw").read()
     gt = open_volume(f"{data}:val/labels").read()
     preview_png(out / "preview.png", raw, result["affinities"], result["segmentation"], gt, title="demo validation")

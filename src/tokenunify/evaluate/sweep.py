@@ -38,7 +38,8 @@ def _check_rows(rows: Sequence[Mapping[str, Any]]) -> None:
             raise ValueError(f"row {i} lacks the key(s) {missing}; it has {sorted(row)}")
 
 
-def _sort_key(row: Mapping[str, Any]) -> tuple[float, float, float]:
+def row_rank(row: Mapping[str, Any]) -> tuple[float, float, float]:
+    """Sort key of a sweep row: lower is better (voi, then arand, then threshold; NaN last)."""
     # a NaN (e.g. from a failed evaluation) must never win
     def finite(value: Any) -> float:
         value = float(value)
@@ -54,7 +55,7 @@ def best_row(rows: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
         ValueError: for no rows, or a row without ``threshold``/``voi``/``arand``.
     """
     _check_rows(rows)
-    return dict(min(rows, key=_sort_key))
+    return dict(min(rows, key=row_rank))
 
 
 def _columns(rows: Sequence[Mapping[str, Any]]) -> list[str]:

@@ -12,13 +12,14 @@ reconstruction. A new objective is therefore one sampler class and its
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
 from torch import Tensor
 
 from tokenunify.tokens.masks import MaskSampler, TokenMasks
-from tokenunify.tokens.patchify import patchify, per_patch_normalize
+from tokenunify.tokens.patchify import patchify, per_patch_normalize, token_grid
 
 
 @dataclass
@@ -47,7 +48,7 @@ def objective_loss(
     """
     patch = tuple(model.patch)
     batch = x.shape[0]
-    n_tokens = patchify(x[:1, :1], patch).shape[1]
+    n_tokens = math.prod(token_grid(x.shape, patch))
     masks = sampler(batch, n_tokens, generator)
     visible = masks.visible.to(x.device)
     target = masks.target.to(x.device)

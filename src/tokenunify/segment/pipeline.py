@@ -10,9 +10,10 @@ from collections.abc import Iterator, Sequence
 from typing import Any
 
 import numpy as np
+from tqdm import tqdm
 
 from tokenunify.evaluate.metrics import evaluate_segmentation
-from tokenunify.evaluate.sweep import best_row
+from tokenunify.evaluate.sweep import best_row, row_rank
 from tokenunify.segment.agglomerate import mutex_watershed, waterz_sweep
 from tokenunify.segment.fragments import watershed_fragments
 from tokenunify.segment.settings import NEAREST, SegmentSettings
@@ -56,16 +57,27 @@ def segmentations(
 
 
 def sweep_scores(
-    affs: np.ndarray, gt: np.ndarray, offsets: Sequence[Offset], settings: SegmentSettings
+    affs: np.ndarray,
+    gt: np.ndarray,
+    offsets: Sequence[Offset],
+    settings: SegmentSettings,
+    thresholds: Sequence[float] | None = None,
+    progress: bool = False,
 ) -> tuple[list[dict[str, Any]], dict[str, Any], np.ndarray]:
-    """Score every threshold against `gt`; returns (rows, best row, best segmentation)."""
+    """Score every threshold against `gt`; returns (rows, best row, best segmentation).
+
+    Only the best segmentation so far is kept, ranked exactly as `best_row`
+    ranks the rows, so the returned segmentation is the best row's.
+    """
+    chosen = list(thresholds if thresholds is not None else settings.thresholds)
+    total = 1 if settings.method == "mws" else len(chosen)
     rows: list[dict[str, Any]] = []
     best_seg: np.ndarray | None = None
-    best_voi = np.inf
-    for threshold, seg in segmentations(affs, offsets, settings):
-        scores = evaluate_segmentation(seg, gt)
-        rows.append({"threshold": float(threshold), **scores})
-        if scores["voi"] < best_voi:
-            best_voi, best_seg = scores["voi"], seg
+    best_rank = None
+    for threshold, seg in tqdm(segmentations(affs, offsets, settings, chosen), total=total,
+                               desc="agglomerate", unit="threshold", disable=not progress):
+        rows.append({"threshold": float(threshold), **evaluate_segmentation(seg, gt)})
+        if best_rank is None or row_rank(rows[-1]) < best_rank:
+            best_rank, best_seg = row_rank(rows[-1]), seg
     assert best_seg is not None, "the sweep produced no segmentation"
     return rows, best_row(rows), best_seg

@@ -9,14 +9,11 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
-from tqdm import tqdm
 
 from tokenunify.errors import InputError
-from tokenunify.evaluate.metrics import evaluate_segmentation
-from tokenunify.evaluate.sweep import best_row
 from tokenunify.io import check_output, open_volume, write_volume
-from tokenunify.io.validate import require_affinities, require_labels, require_same_shape
-from tokenunify.segment.pipeline import segmentations
+from tokenunify.io.validate import require_affinities, require_labels
+from tokenunify.segment.pipeline import segmentations, sweep_scores
 from tokenunify.segment.settings import NEAREST, SegmentSettings
 
 
@@ -56,35 +53,18 @@ def segment_volume(
         gt_vol = open_volume(gt_spec)
         require_labels(gt_vol)
         if gt_vol.shape != affs_vol.shape[1:]:
-            require_same_shape(_Spatial(affs_vol), gt_vol)
+            raise InputError(gt_vol.spec, f"shape {gt_vol.shape} differs from {affs_vol.spec} spatial shape {affs_vol.shape[1:]}")
         gt = gt_vol.read()
     affs = affs_vol.read().astype(np.float32, copy=False)
-    if gt is None:
-        chosen = [threshold] if threshold is not None else [settings.thresholds[len(settings.thresholds) // 2]]
+    if gt is not None:
+        chosen = [threshold] if threshold is not None else None
+        rows, best, seg = sweep_scores(affs, gt, offsets, settings, chosen, progress)
     else:
-        chosen = [threshold] if threshold is not None else list(settings.thresholds)
-    rows: list[dict[str, Any]] = []
-    best_seg, best_key = None, None
-    sweep = segmentations(affs, offsets, settings, chosen)
-    total = 1 if settings.method == "mws" else len(chosen)
-    for value, seg in tqdm(sweep, total=total, desc="agglomerate", unit="threshold", disable=not progress):
-        row: dict[str, Any] = {"threshold": float(value), "n_segments": int(len(np.unique(seg)))}
-        if gt is not None:
-            row.update(evaluate_segmentation(seg, gt))
-        rows.append(row)
-        key = (row["voi"], row["arand"]) if gt is not None else 0
-        if best_key is None or key < best_key:
-            best_key, best_seg = key, seg
-    assert best_seg is not None
-    best = best_row(rows) if gt is not None else rows[0]
-    write_volume(output_spec, best_seg.astype(np.uint64), affs_vol.voxel_size, overwrite=overwrite,
+        # Without ground truth there is nothing to choose by: one threshold.
+        value = threshold if threshold is not None else settings.thresholds[len(settings.thresholds) // 2]
+        ((value, seg),) = segmentations(affs, offsets, settings, [value])
+        best = {"threshold": float(value), "n_seg_ids": int(len(np.unique(seg)))}
+        rows = [best]
+    write_volume(output_spec, seg.astype(np.uint64), affs_vol.voxel_size, overwrite=overwrite,
                  attrs={"threshold": best["threshold"], "method": settings.method, "affinities": affs_spec})
-    return {"output": output_spec, "rows": rows, "best": best, "segmentation": best_seg, "affinities": affs}
-
-
-class _Spatial:
-    """Shape view of an affinity volume without its channel axis, for shape checks."""
-
-    def __init__(self, volume: Any) -> None:
-        self.spec = volume.spec
-        self.shape = volume.shape[1:]
+    return {"output": output_spec, "rows": rows, "best": best, "segmentation": seg, "affinities": affs}
