@@ -20,7 +20,7 @@ from tokenunify.tokens.masks import (
     register_sampler,
 )
 
-BUILTIN = ["random", "next", "next_all"]
+BUILTIN = ["random", "next", "next_all", "any_order"]
 
 
 def _gen(seed: int) -> torch.Generator:
@@ -130,7 +130,7 @@ def test_bad_call_arguments():
 def test_registry_lists_and_errors():
     assert set(BUILTIN) <= set(available_samplers())
     assert isinstance(build_sampler("random", ratio=0.5), RandomMask)
-    with pytest.raises(ValueError, match=r"unknown mask sampler 'nope'.*next, next_all, random"):
+    with pytest.raises(ValueError, match=r"unknown mask sampler 'nope'.*any_order, next, next_all, random"):
         build_sampler("nope")
     with pytest.raises(ValueError, match="already registered"):
         register_sampler("random")(NextAllMask)
@@ -229,3 +229,26 @@ def test_hide_tokens_shape_errors():
         hide_tokens(tokens, torch.ones(2, 5, dtype=torch.bool), torch.zeros(3))
     with pytest.raises(ValueError, match=r"\(B, K, F\)"):
         hide_tokens(torch.zeros(5, 4), torch.ones(5, dtype=torch.bool))
+
+
+def test_any_order_spans_are_contiguous_runs_of_the_drawn_share():
+    sampler = build_sampler("any_order", min_ratio=0.2, max_ratio=0.6, n_spans=2)
+    m = sampler(64, 100, _gen(3))
+    assert torch.equal(m.target, ~m.visible)
+    hidden = m.target.sum(dim=1)
+    # two runs of ceil(r K / 2) tokens: at most 0.6 K (+1 for rounding), at least one run's worth
+    assert int(hidden.max()) <= 61 and int(hidden.min()) >= 10
+    for row in m.target:
+        starts = torch.nonzero(row[1:] & ~row[:-1]).numel() + int(row[0])
+        assert 1 <= starts <= 2  # each span is one contiguous run; overlapping runs merge
+    # the share varies per sample, unlike the fixed-ratio `random`
+    assert hidden.float().std() > 3
+
+
+def test_any_order_rejects_bad_arguments_and_tiny_sequences_work():
+    with pytest.raises(ValueError, match="min_ratio"):
+        build_sampler("any_order", min_ratio=0.8, max_ratio=0.5)
+    with pytest.raises(ValueError, match="n_spans"):
+        build_sampler("any_order", n_spans=0)
+    m = build_sampler("any_order", min_ratio=0.5, max_ratio=0.99, n_spans=4)(32, 2, _gen(0))
+    assert bool(m.visible.any(dim=1).all()) and bool(m.target.any(dim=1).all())

@@ -38,6 +38,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from tokenunify.models.mixers import make_mixer
+from tokenunify.models.safe_conv import SafeConv3d
 
 __all__ = [
     "ANISOTROPIC_STRIDES",
@@ -71,7 +72,7 @@ class ChannelNorm(nn.LayerNorm):
 
 
 def _conv(cin: int, cout: int, kernel: Triple) -> nn.Conv3d:
-    return nn.Conv3d(cin, cout, kernel, padding=tuple(k // 2 for k in kernel))
+    return SafeConv3d(cin, cout, kernel, padding=tuple(k // 2 for k in kernel))
 
 
 class ConvBlock(nn.Module):
@@ -124,7 +125,7 @@ class EncoderStage(nn.Module):
         super().__init__()
         # kernel == stride: non-overlapping "patch merging", the hierarchical
         # counterpart of the tokenizer's non-overlapping patches.
-        self.down = nn.Conv3d(cin, cout, stride, stride=stride)
+        self.down = SafeConv3d(cin, cout, stride, stride=stride)
         self.down_norm = ChannelNorm(cout)
         self.conv = ConvBlock(cout, cout, kernel)
         self.mixers = nn.ModuleList(make_mixer(mixer, cout, **dict(mixer_kwargs)) for _ in range(depth))

@@ -22,6 +22,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from tokenunify.models.safe_conv import SafeConv3d
+
 Triple = tuple[int, int, int]
 
 #: Default feature widths per level. Chosen so the default model has about
@@ -43,7 +45,7 @@ def _norm(kind: str, channels: int) -> nn.Module:
 
 
 def _conv(cin: int, cout: int, kernel: Triple, bias: bool) -> nn.Conv3d:
-    return nn.Conv3d(cin, cout, kernel, padding=_same_padding(kernel), bias=bias)
+    return SafeConv3d(cin, cout, kernel, padding=_same_padding(kernel), bias=bias)
 
 
 class PointwiseConv3d(nn.Conv3d):

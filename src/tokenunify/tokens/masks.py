@@ -292,3 +292,37 @@ def hide_tokens(
             )
         fill = mask_token.to(dtype=tokens.dtype, device=tokens.device)
     return torch.where(visible.to(tokens.device)[..., None], tokens, fill)
+
+
+@register_sampler("any_order")
+class AnyOrderSpanMask(MaskSampler):
+    """Hide random spans of the raster sequence; predict them from both sides (MLM-U style).
+
+    Any-order autoregression trains on every direction at once: a hidden span
+    must be continued *forwards* from the tokens before it and *backwards*
+    from the tokens after it, and the share of hidden tokens is drawn afresh
+    per sample (uniform in [min_ratio, max_ratio]) instead of being fixed, as
+    in MLM-U (Kitouni et al. 2024). Each sample hides ``n_spans`` contiguous
+    runs (z slowest, x fastest) with random starts; runs may overlap, so the
+    hidden share can fall below the drawn ratio. Scored by the dense head.
+    """
+
+    def __init__(self, min_ratio: float = 0.15, max_ratio: float = 0.75, n_spans: int = 3) -> None:
+        if not 0.0 < min_ratio <= max_ratio < 1.0:
+            raise ValueError(f"need 0 < min_ratio <= max_ratio < 1, got {min_ratio} and {max_ratio}")
+        if n_spans < 1:
+            raise ValueError(f"n_spans must be >= 1, got {n_spans}")
+        self.min_ratio, self.max_ratio, self.n_spans = float(min_ratio), float(max_ratio), int(n_spans)
+
+    def sample(self, batch: int, n_tokens: int, generator: torch.Generator) -> TokenMasks:
+        ratio = self.min_ratio + (self.max_ratio - self.min_ratio) * torch.rand(batch, generator=generator)
+        hidden_total = (ratio * n_tokens).round().long().clamp(1, n_tokens - 1)
+        span = (hidden_total + self.n_spans - 1) // self.n_spans  # (B,)
+        starts = (torch.rand(batch, self.n_spans, generator=generator) * (n_tokens - span[:, None] + 1)).long()
+        pos = torch.arange(n_tokens)
+        inside = (pos[None, None] >= starts[..., None]) & (pos[None, None] < (starts + span[:, None])[..., None])
+        hidden = inside.any(dim=1)
+        # Keep one visible token where the spans happen to cover everything.
+        none_visible = hidden.all(dim=1)
+        hidden[none_visible, 0] = False
+        return TokenMasks(visible=~hidden, target=hidden)
