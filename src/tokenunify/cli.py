@@ -61,6 +61,25 @@ def train(
                    f"{len(report['unused'])} checkpoint tensors unused")
 
 
+@app.command(epilog="Example: tokenunify study -c configs/study_fib.yaml (add --quick for the 10-minute smoke run)")
+def study(
+    overrides: List[str] = typer.Argument(None, help="KEY=VALUE config overrides (e.g. seeds=[0,1,2])."),
+    config: Path = typer.Option(Path("configs/study_fib.yaml"), "--config", "-c", help=CONFIG_HELP),
+    quick: bool = typer.Option(False, help="Apply the config's `quick` overrides: every stage, tiny budgets."),
+    report_only: bool = typer.Option(False, help="Rebuild the report from finished stages; run nothing."),
+    progress: bool = typer.Option(True, help="Show progress bars."),
+) -> None:
+    """Scratch vs MAE vs autoregressive vs TokenUnify: pretrain, fine-tune, segment, score, report (resumable)."""
+    from tokenunify.study.run_study import study as run_study
+
+    report = run_study(config, list(overrides or []), quick=quick, report_only=report_only, progress=progress)
+    meta = report["meta"]
+    typer.echo(f"{meta['stages_finished']}/{meta['stages_planned']} stages finished; "
+               f"report: {Path(meta['config']['report_dir']) / 'results.md'}")
+    for check in report["target"]:
+        typer.echo(f"target ({check['budget']}): {'holds' if check['holds'] else 'does not hold'}")
+
+
 @app.command(epilog="Example: tokenunify pretrain --config configs/pretrain_fib.yaml schedule.kind=staged train.steps=600")
 def pretrain(
     overrides: List[str] = typer.Argument(None, help="KEY=VALUE config overrides."),
@@ -198,13 +217,13 @@ def main() -> None:
     except (typer.Abort, KeyboardInterrupt):
         typer.echo("aborted", err=True)
         sys.exit(130)
-    except Exception as err:  # click usage errors carry their own exit code
-        import click
-
-        if isinstance(err, click.ClickException):
-            err.show()
-            sys.exit(err.exit_code)
-        raise
+    except typer.exceptions.TyperException as err:  # usage errors carry their own exit code
+        show = getattr(err, "show", None)  # typer's bundled click exceptions print their usage line
+        if callable(show):
+            show()
+        else:
+            typer.echo(f"error: {err.format_message()}", err=True)
+        sys.exit(err.exit_code)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,1 @@
+"""`tokenunify study`: scratch vs MAE vs autoregressive vs TokenUnify, as one resumable command."""

@@ -1,0 +1,82 @@
+"""`tokenunify study`: load the config, run or resume every stage, write the report."""
+
+from __future__ import annotations
+
+import json
+import shlex
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from tokenunify.config import apply_overrides, from_dict, load_yaml, to_dict
+from tokenunify.errors import TokenUnifyError
+from tokenunify.study.plan import plan_study
+from tokenunify.study.report import write_report
+from tokenunify.study.runner import read_result, run_study
+from tokenunify.study.settings import StudySettings
+
+
+class StudyCheckError(TokenUnifyError):
+    """`--quick` found a stage that did not run or a figure that is not finite."""
+
+
+def load_study(config: Path, overrides: list[str], quick: bool) -> StudySettings:
+    """Config, then (with `quick`) its `quick` overrides, then the command line's."""
+    raw = load_yaml(config)
+    if quick:
+        raw = apply_overrides(raw, [str(o) for o in raw.get("quick") or []])
+    return from_dict(StudySettings, apply_overrides(raw, overrides), str(config))
+
+
+def git_commit() -> str:
+    """Short commit of the working tree, with `+dirty` for uncommitted changes to tracked files."""
+    try:
+        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True, text=True,
+                               check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+    return commit + ("+dirty" if dirty else "")
+
+
+def _log_invocation(root: Path, record: dict[str, Any]) -> list[dict[str, Any]]:
+    path = root / "invocations.jsonl"
+    with path.open("a") as handle:
+        handle.write(json.dumps(record) + "\n")
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def study(config: Path, overrides: list[str], quick: bool = False, report_only: bool = False,
+          progress: bool = True) -> dict[str, Any]:
+    """Run (or resume) the study of `config` and write its report; returns the report."""
+    started = time.monotonic()
+    settings = load_study(config, overrides, quick)
+    root = Path(settings.out_dir)
+    root.mkdir(parents=True, exist_ok=True)
+    resolved = root / "study_config.yaml"
+    resolved.write_text(yaml.safe_dump(to_dict(settings), sort_keys=False))
+    stages = plan_study(settings)
+    if report_only:
+        results = [r for r in (read_result(root, s) for s in stages) if r is not None]
+    else:
+        results = run_study(root, stages, progress=progress)
+    invocations = _log_invocation(root, {"minutes": (time.monotonic() - started) / 60, "report_only": report_only,
+                                         "quick": quick, "commit": git_commit()})
+    meta = {
+        "command": shlex.join(["tokenunify", *sys.argv[1:]]) if sys.argv[1:2] == ["study"] else
+        shlex.join(["tokenunify", "study", "-c", str(config), *(["--quick"] if quick else []), *overrides]),
+        "config_path": str(config), "resolved_config": str(resolved), "config": to_dict(settings),
+        "commit": git_commit(), "wall_minutes": sum(i["minutes"] for i in invocations), "invocations": len(invocations),
+        "stages_planned": len(stages), "stages_finished": len(results),
+    }
+    report = write_report(settings, results, meta, Path(settings.report_dir))
+    if quick:
+        missing = len(stages) - len(results)
+        if missing or not report["all_finite"] or not report["runs"]:
+            raise StudyCheckError(f"{settings.out_dir}: quick study incomplete ({missing} stage(s) without a result) "
+                                  f"or a figure is not finite")
+    return report

@@ -1,0 +1,112 @@
+"""Typed settings of `tokenunify study` (checked from YAML by `tokenunify.config`).
+
+A study config holds a complete pretraining config and a complete fine-tuning
+config; the study varies only what the comparison is about (the objective
+schedule, the label budget, the seed and, for the scaling part, the preset)
+and keeps everything else identical across arms.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from tokenunify.pretrain.schedule import ScheduleSettings
+from tokenunify.pretrain.settings import PretrainSettings
+from tokenunify.segment.settings import TrainSettings
+
+SCRATCH = "scratch"
+
+
+@dataclass
+class ArmSettings:
+    """One arm: a name and its pretraining schedule (none: trained from scratch)."""
+
+    name: str = ""
+    schedule: ScheduleSettings | None = None
+
+    @property
+    def pretrained(self) -> bool:
+        return self.schedule is not None
+
+
+@dataclass
+class LabelBudget:
+    """Labelled sections [z0, z1) of the training part used for fine-tuning."""
+
+    name: str = ""
+    train_z: tuple[int, int] = (0, 120)
+
+
+@dataclass
+class ScalingSettings:
+    """VOI against model size: more presets for a few arms at one label budget."""
+
+    presets: list[str] = field(default_factory=list)
+    arms: list[str] = field(default_factory=lambda: [SCRATCH, "tokenunify"])
+    budget: str = "scarce"
+    seeds: list[int] = field(default_factory=lambda: [0])
+
+
+@dataclass
+class CurveSettings:
+    """VOI against fine-tuning steps for `arms`, validated every `every` steps."""
+
+    arms: list[str] = field(default_factory=lambda: [SCRATCH, "tokenunify"])
+    every: int = 100
+
+
+@dataclass
+class FloorSettings:
+    """The intensity-only floor every arm must beat on the validation part."""
+
+    voi: float = 2.36
+    arand: float = 0.197
+
+
+@dataclass
+class StudySettings:
+    """Everything `tokenunify study` needs.
+
+    `pretrain` and `finetune` are full configs of `tokenunify pretrain` and
+    `tokenunify train`; their `out_dir`, `schedule`, seeds, `data.train_z`,
+    `init` and `model.preset` are set per run by the study. `quick` lists
+    `key=value` overrides that `--quick` applies on top of the config.
+    """
+
+    pretrain: PretrainSettings = field(default_factory=PretrainSettings)
+    finetune: TrainSettings = field(default_factory=TrainSettings)
+    arms: list[ArmSettings] = field(default_factory=list)
+    budgets: list[LabelBudget] = field(default_factory=list)
+    seeds: list[int] = field(default_factory=lambda: [0, 1])
+    # One pretraining per arm (seed = seeds[0]) shared by all fine-tuning
+    # seeds, or one per seed; see docs/study.md.
+    pretrain_per_seed: bool = False
+    curve: CurveSettings = field(default_factory=CurveSettings)
+    scaling: ScalingSettings = field(default_factory=ScalingSettings)
+    floor: FloorSettings = field(default_factory=FloorSettings)
+    out_dir: str = "runs/study"
+    report_dir: str = "docs"
+    quick: list[str] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        names = [a.name for a in self.arms]
+        if not names or any(not n for n in names) or len(set(names)) != len(names):
+            raise ValueError(f"arms need unique, non-empty names, got {names}")
+        budgets = [b.name for b in self.budgets]
+        if not budgets or len(set(budgets)) != len(budgets) or any(not b for b in budgets):
+            raise ValueError(f"budgets need unique, non-empty names, got {budgets}")
+        if not self.seeds or len(set(self.seeds)) != len(self.seeds):
+            raise ValueError(f"seeds must be a non-empty list of distinct integers, got {self.seeds}")
+        checked = [("curve.arms", self.curve.arms)] + ([("scaling.arms", self.scaling.arms)] if self.scaling.presets else [])
+        for where, listed in checked:
+            unknown = sorted(set(listed) - set(names))
+            if unknown:
+                raise ValueError(f"{where} names unknown arm(s) {', '.join(unknown)}; arms: {', '.join(names)}")
+        if self.scaling.presets and self.scaling.budget not in budgets:
+            raise ValueError(f"scaling.budget {self.scaling.budget!r} is not one of the budgets {budgets}")
+        if self.curve.every < 1:
+            raise ValueError(f"curve.every must be >= 1, got {self.curve.every}")
+
+    def arm(self, name: str) -> ArmSettings:
+        """The arm called `name`."""
+        return next(a for a in self.arms if a.name == name)

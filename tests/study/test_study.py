@@ -1,0 +1,180 @@
+"""`tokenunify study`: the plan, the aggregation, resume/skip, and a tiny real run on synthetic data."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+import yaml
+
+from tokenunify.config import from_dict, to_dict
+from tokenunify.data.synthetic import make_synthetic_volume
+from tokenunify.errors import ConfigError, OutputError
+from tokenunify.io import write_volume
+from tokenunify.study import aggregate as agg
+from tokenunify.study import runner
+from tokenunify.study.plan import plan_study, tokens_per_pretraining
+from tokenunify.study.run_study import study
+from tokenunify.study.settings import FloorSettings, StudySettings
+
+
+def _raw(folder, **extra) -> dict:
+    return {
+        "pretrain": {
+            "data": {"volumes": [f"{folder}/u.h5:raw"]},
+            "model": {"preset": "tiny", "mixer": "vit", "anisotropic": False},
+            "train": {"steps": 2, "batch_size": 1, "crop": [16, 32, 32], "bf16": False, "checkpoint_every": 1,
+                      "preview_every": 2},
+            "augment": {"rotate_prob": 0.0, "elastic_prob": 0.0, "isotropic": True},
+        },
+        "finetune": {
+            "data": {"raw": f"{folder}/l.h5:raw", "labels": f"{folder}/l.h5:labels", "val_z": [16, 32]},
+            "model": {"offsets": [[-1, 0, 0], [0, -1, 0], [0, 0, -1]]},
+            "train": {"steps": 2, "batch_size": 1, "crop": [16, 32, 32], "bf16": False, "checkpoint_every": 1},
+            "augment": {"rotate_prob": 0.0, "elastic_prob": 0.0, "isotropic": True},
+            "predict": {"block": [16, 32, 32], "overlap": [0, 8, 8], "bf16": False},
+            "segment": {"thresholds": [0.3, 0.6]},
+        },
+        "arms": [{"name": "scratch"}, {"name": "mae", "schedule": {"kind": "single", "objectives": ["random"]}},
+                 {"name": "tokenunify", "schedule": {"kind": "staged", "objectives": ["random", "next_all"],
+                                                     "shares": [0.5, 0.5]}}],
+        "budgets": [{"name": "scarce", "train_z": [0, 4]}, {"name": "full", "train_z": [0, 16]}],
+        "seeds": [0],
+        "curve": {"arms": ["scratch", "tokenunify"], "every": 1},
+        "out_dir": str(folder / "study"),
+        "report_dir": str(folder / "report"),
+        **extra,
+    }
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("study")
+    u = make_synthetic_volume((16, 48, 48), (10, 10, 10), seed=3)
+    lab = make_synthetic_volume((32, 32, 32), (10, 10, 10), seed=4)
+    write_volume(f"{folder}/u.h5:raw", u.raw, u.voxel_size)
+    write_volume(f"{folder}/l.h5:raw", lab.raw, lab.voxel_size)
+    write_volume(f"{folder}/l.h5:labels", lab.labels, lab.voxel_size)
+    return folder
+
+
+def test_plan_keeps_everything_but_the_compared_factor_equal(tmp_path):
+    raw = _raw(tmp_path, seeds=[0, 1], scaling={"presets": ["small"], "arms": ["scratch", "tokenunify"],
+                                                 "budget": "scarce", "seeds": [0]})
+    stages = plan_study(from_dict(StudySettings, raw))
+    pre = [s for s in stages if s.kind == "pretrain"]
+    fine = [s for s in stages if s.kind == "finetune"]
+    assert [s.key for s in pre] == ["pretrain/mae/tiny/s0", "pretrain/tokenunify/tiny/s0", "pretrain/tokenunify/small/s0"]
+    assert len({tokens_per_pretraining(s.settings) for s in pre}) == 1  # same tokens for every arm
+    assert len(fine) == 3 * 2 * 2 + 2
+    assert stages.index(pre[-1]) < stages.index(fine[0])  # pretraining runs first
+    for budget in ("scarce", "full"):
+        for seed in (0, 1):
+            group = [s for s in fine if s.budget == budget and s.seed == seed and s.part == "main"]
+            configs = []
+            for s in group:
+                c = to_dict(s.settings)
+                assert c["train"]["seed"] == seed and c["data"]["train_z"] == ([0, 4] if budget == "scarce" else [0, 16])
+                assert (c["init"] is None) == (s.arm == "scratch")
+                for key in ("init", "out_dir"):
+                    c.pop(key)
+                c["train"].pop("val_every")  # validation frequency only: training is unaffected
+                configs.append(c)
+            assert all(c == configs[0] for c in configs), "arms differ in more than init"
+    scaling = [s for s in fine if s.part == "scaling"]
+    assert {(s.arm, s.preset) for s in scaling} == {("scratch", "small"), ("tokenunify", "small")}
+    assert next(s for s in scaling if s.arm == "tokenunify").needs == "pretrain/tokenunify/small/s0"
+
+
+def test_settings_reject_inconsistent_studies(tmp_path):
+    with pytest.raises(ConfigError, match="unique"):
+        from_dict(StudySettings, _raw(tmp_path, arms=[{"name": "a"}, {"name": "a"}]))
+    with pytest.raises(ConfigError, match="curve.arms names unknown arm"):
+        from_dict(StudySettings, _raw(tmp_path, curve={"arms": ["nope"]}))
+    with pytest.raises(ConfigError, match="scaling.budget"):
+        from_dict(StudySettings, _raw(tmp_path, scaling={"presets": ["small"], "budget": "nope", "arms": ["scratch"]}))
+
+
+def _row(arm, budget, seed, voi, arand=0.1):
+    return {"arm": arm, "budget": budget, "seed": seed, "preset": "tiny", "voi_split": voi / 2, "voi_merge": voi / 2,
+            "voi": voi, "arand": arand}
+
+
+def test_summary_and_target_check_by_hand():
+    rows = [_row("scratch", "scarce", 0, 2.0), _row("scratch", "scarce", 1, 2.2),
+            _row("mae", "scarce", 0, 1.9), _row("mae", "scarce", 1, 1.9),
+            _row("tokenunify", "scarce", 0, 1.4), _row("tokenunify", "scarce", 1, 1.5)]
+    summary = agg.summarize(rows, ["scratch", "mae", "tokenunify"], ["scarce"], "tiny")
+    tu = next(e for e in summary if e["arm"] == "tokenunify")
+    assert tu["voi_mean"] == pytest.approx(1.45) and tu["voi_std"] == pytest.approx(np.std([1.4, 1.5], ddof=1))
+    assert tu["voi_vs_scratch_pct"] == pytest.approx(100 * (1.45 - 2.1) / 2.1)
+    assert tu["voi_vs_mae_pct"] == pytest.approx(100 * (1.45 - 1.9) / 1.9)
+    (check,) = agg.target_check(summary)
+    assert check["scratch"]["meets_20pct"] and check["scratch"]["beyond_spread"]
+    assert check["mae"]["reduction_pct"] == pytest.approx(100 * 0.45 / 1.9) and check["mae"]["meets_20pct"]
+    assert check["holds"]
+    rows[4] = _row("tokenunify", "scarce", 0, 1.0)  # larger spread than the gap to MAE? gap 0.65, spread 0.28
+    rows[5] = _row("tokenunify", "scarce", 1, 1.9)
+    (check,) = agg.target_check(agg.summarize(rows, ["scratch", "mae", "tokenunify"], ["scarce"], "tiny"))
+    assert check["mae"]["beyond_spread"] is False and not check["holds"]
+    failures = agg.floor_check([_row("a", "b", 0, 2.5), _row("a", "b", 1, 1.0, arand=0.3), _row("a", "b", 2, 1.0)],
+                               FloorSettings(voi=2.36, arand=0.197))
+    assert [f["seed"] for f in failures] == [0, 1]
+    assert not agg.all_finite([_row("a", "b", 0, math.nan)])
+
+
+def test_study_runs_resumes_and_reports(data, monkeypatch):
+    config = data / "study.yaml"
+    config.write_text(yaml.safe_dump(_raw(data)))
+    report = study(config, [], progress=False)
+    assert report["meta"]["stages_finished"] == report["meta"]["stages_planned"] == 2 + 6
+    assert report["all_finite"] and len(report["runs"]) == 6
+    loaded = {r["arm"]: r["init_loaded"] for r in report["runs"]}
+    assert loaded["scratch"] is None and loaded["mae"] > 100 and loaded["tokenunify"] > 100
+    for name in ("results.json", "results.md", "study_voi.png", "study_curve.png"):
+        assert (data / "report" / name).exists(), name
+    on_disk = json.loads((data / "report" / "results.json").read_text())
+    assert {(r["arm"], r["budget"], r["seed"]) for r in on_disk["runs"]} == {
+        (a, b, 0) for a in ("scratch", "mae", "tokenunify") for b in ("scarce", "full")}
+    assert [p["step"] for p in on_disk["curves"]["tokenunify/scarce/s0"]] == [1, 2]
+    assert "| scarce | tokenunify | 1 |" in (data / "report" / "results.md").read_text()
+
+    # A rerun trains nothing: every stage is found finished.
+    def must_not_run(*args, **kwargs):
+        raise AssertionError("a finished stage ran again")
+
+    monkeypatch.setattr(runner, "pretrain", must_not_run)
+    monkeypatch.setattr(runner, "train", must_not_run)
+    again = study(config, [], progress=False)
+    assert again["runs"] == report["runs"] and again["meta"]["invocations"] == 2
+    # A changed config is refused rather than mixed with the old results.
+    with pytest.raises(OutputError, match="different config"):
+        study(config, ["finetune.train.lr=0.5"], progress=False)
+
+
+def test_killed_stage_resumes_from_its_checkpoint(data, monkeypatch, tmp_path):
+    raw = _raw(data, arms=[{"name": "scratch"}], budgets=[{"name": "full", "train_z": [0, 16]}],
+               curve={"arms": ["scratch"], "every": 1}, out_dir=str(tmp_path / "study"), report_dir=str(tmp_path / "report"))
+    raw["finetune"]["train"]["steps"] = 3
+    config = tmp_path / "study.yaml"
+    config.write_text(yaml.safe_dump(raw))
+    from tokenunify.segment import train as train_module
+
+    real = train_module.make_batch
+    calls = {"n": 0}
+
+    def dies_at_third_batch(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise KeyboardInterrupt("killed")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(train_module, "make_batch", dies_at_third_batch)
+    with pytest.raises(KeyboardInterrupt):
+        study(config, [], progress=False)
+    monkeypatch.setattr(train_module, "make_batch", real)
+    report = study(config, [], progress=False)
+    result = json.loads((tmp_path / "study" / "finetune/scratch/tiny/full/s0/result.json").read_text())
+    assert result["resumed"] and result["steps"] == 3 and report["runs"][0]["steps"] == 3
