@@ -40,16 +40,26 @@ def test_data_variable_expands(monkeypatch, tmp_path):
 
 
 def test_shipped_configs_load():
-    """Every config in configs/ checks against its command's settings (pretrain_* for pretrain)."""
+    """Every config in configs/ checks against its command's settings.
+
+    pretrain_* belongs to `pretrain`, study_* to `study` (checked with and without its
+    --quick overrides), the rest to `train`/`segment`.
+    """
     from pathlib import Path
 
     from tokenunify.pretrain.settings import PretrainSettings
+    from tokenunify.study.run_study import load_study
 
     paths = sorted(Path(__file__).resolve().parents[1].joinpath("configs").glob("*.yaml"))
     assert paths
     for path in paths:
-        cls = PretrainSettings if path.name.startswith("pretrain") else TrainSettings
-        from_dict(cls, load_yaml(path), str(path))
+        if path.name.startswith("study"):
+            for quick in (False, True):
+                assert load_study(path, [], quick).arms
+        elif path.name.startswith("pretrain"):
+            from_dict(PretrainSettings, load_yaml(path), str(path))
+        else:
+            from_dict(TrainSettings, load_yaml(path), str(path))
 
 
 def test_missing_config_file(tmp_path):
