@@ -71,7 +71,12 @@ def study(config: Path, overrides: list[str], quick: bool = False, report_only: 
         shlex.join(["tokenunify", "study", "-c", str(config), *(["--quick"] if quick else []), *overrides]),
         "config_path": str(config), "resolved_config": str(resolved), "config": to_dict(settings),
         "commit": git_commit(), "wall_minutes": sum(i["minutes"] for i in invocations), "invocations": len(invocations),
+        # the code that ran the stages, which --report-only may postdate
+        "stage_commits": list(dict.fromkeys(i.get("commit", "unknown") for i in invocations if not i.get("report_only"))),
         "stages_planned": len(stages), "stages_finished": len(results),
+        # compute time of the finished stages themselves (the call that finished each one); unlike
+        # wall_minutes it survives a killed invocation, which logs nothing
+        "stage_minutes": sum(r.get("minutes_this_call", 0.0) for r in results),
     }
     report = write_report(settings, results, meta, Path(settings.report_dir))
     if quick:
