@@ -32,8 +32,8 @@ def _save(fig: Any, path: Path) -> None:
     staging.replace(path)
 
 
-def plot_voi(summary: Sequence[dict[str, Any]], path: Path) -> None:
-    """VOI and ARAND (mean ± std over seeds) per arm, one group per label budget."""
+def plot_voi(summary: Sequence[dict[str, Any]], path: Path, floor: dict[str, float] | None = None) -> None:
+    """VOI and ARAND (mean ± std over seeds) per arm, one group per label budget; `floor` as a dashed line."""
     budgets = list(dict.fromkeys(e["budget"] for e in summary))
     arms = list(dict.fromkeys(e["arm"] for e in summary))
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))
@@ -45,6 +45,8 @@ def plot_voi(summary: Sequence[dict[str, Any]], path: Path) -> None:
             stds = [e[f"{metric}_std"] if e else 0.0 for e in entries]
             ax.bar(np.arange(len(budgets)) + i * width, means, width, yerr=stds, capsize=3, label=arm)
         ax.set_xticks(np.arange(len(budgets)) + width * (len(arms) - 1) / 2, budgets)
+        if floor is not None:
+            ax.axhline(floor[metric], color="k", ls="--", lw=1, label="intensity-only floor")
         ax.set_ylabel(f"{metric.upper()} (lower is better)")
         ax.set_xlabel("label budget")
     axes[0].legend(fontsize=8)
@@ -53,12 +55,25 @@ def plot_voi(summary: Sequence[dict[str, Any]], path: Path) -> None:
 
 
 def plot_curves(curves: dict[str, list[dict[str, Any]]], path: Path) -> None:
-    """VOI against fine-tuning steps, one line per (arm, budget, seed)."""
-    fig, ax = plt.subplots(figsize=(6.5, 4))
+    """VOI against fine-tuning steps: colour per arm, line style per budget; thin lines per seed, thick mean."""
+    groups: dict[tuple[str, str], list[list[dict[str, Any]]]] = {}
     for label, points in sorted(curves.items()):
-        ax.plot([p["step"] for p in points], [p["voi"] for p in points], marker="o", ms=3, label=label)
+        arm, budget, _ = label.split("/")
+        groups.setdefault((arm, budget), []).append(points)
+    arms = list(dict.fromkeys(arm for arm, _ in groups))
+    styles = ["-", "--", ":", "-."]
+    budgets = list(dict.fromkeys(budget for _, budget in groups))
+    fig, ax = plt.subplots(figsize=(6.5, 4))
+    for (arm, budget), runs in groups.items():
+        colour, style = f"C{arms.index(arm)}", styles[budgets.index(budget) % len(styles)]
+        for points in runs:
+            ax.plot([p["step"] for p in points], [p["voi"] for p in points], color=colour, ls=style, lw=0.8, alpha=0.35)
+        steps = sorted(set.intersection(*({p["step"] for p in points} for points in runs)))
+        mean = [np.mean([next(p["voi"] for p in points if p["step"] == s) for points in runs]) for s in steps]
+        ax.plot(steps, mean, color=colour, ls=style, lw=2, marker="o", ms=4,
+                label=f"{arm}, {budget} (mean of {len(runs)})")
     ax.set_xlabel("fine-tuning step")
-    ax.set_ylabel("validation VOI")
+    ax.set_ylabel("validation VOI (lower is better)")
     ax.legend(fontsize=7)
     _save(fig, path)
 
@@ -176,7 +191,7 @@ def write_report(study: StudySettings, results: Sequence[dict[str, Any]], meta: 
     staging.write_text(json.dumps(report, indent=1, default=float))
     staging.replace(out / "results.json")
     if summary:
-        plot_voi(summary, out / FIGURES["voi"])
+        plot_voi(summary, out / FIGURES["voi"], {"voi": study.floor.voi, "arand": study.floor.arand})
     if curves:
         plot_curves(curves, out / FIGURES["curve"])
     if len({p["preset"] for p in report["scaling"]}) > 1:
