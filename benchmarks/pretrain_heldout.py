@@ -51,13 +51,8 @@ def score(model: torch.nn.Module, crops: list[torch.Tensor], objective: str, sam
     for i, x in enumerate(crops):
         out = objective_loss(model, x, sampler, torch.Generator().manual_seed(1000 + i), normalize=False)
         losses.append(float(out.loss))
-        if sampler.head == "next":
-            idx = out.masks.prefix
-            tgt = torch.zeros_like(out.masks.target)
-            tgt[torch.arange(len(idx)), idx] = True
-        else:
-            tgt = out.masks.target
-        h, v = baselines(x, out.masks.visible, tgt, tuple(model.patch))
+        # for `next` the target mask is already the single token the head predicts
+        h, v = baselines(x, out.masks.visible, out.masks.target, tuple(model.patch))
         half.append(h)
         vis.append(v)
     return {"model": float(np.mean(losses)), "half": float(np.mean(half)), "visible_mean": float(np.mean(vis))}
@@ -72,13 +67,15 @@ def main() -> None:
     args = parser.parse_args()
     torch.manual_seed(0)
     rows = []
+    crops_by_shape: dict[tuple[int, ...], list[torch.Tensor]] = {}  # the same seeded crops for every checkpoint
     for path in args.checkpoints:
         state = load_checkpoint(path)
         config = state["config"]
         crop = tuple(config["train"]["crop"])
-        crops_source = UnlabeledCrops([args.volume], crop, NO_AUGMENT)
-        rng = np.random.default_rng(0)
-        crops = [crops_source.batch(4, rng) for _ in range(args.batches)]
+        if crop not in crops_by_shape:
+            source, rng = UnlabeledCrops([args.volume], crop, NO_AUGMENT), np.random.default_rng(0)
+            crops_by_shape[crop] = [source.batch(4, rng) for _ in range(args.batches)]
+        crops = crops_by_shape[crop]
         trained = build_model(state["model_spec"])
         trained.load_state_dict(state["model"])
         torch.manual_seed(config["train"]["seed"])
