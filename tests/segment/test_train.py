@@ -52,11 +52,12 @@ def test_run_writes_checkpoint_metrics_and_plot(volume, tmp_path):
     assert (tmp_path / "run" / "checkpoints" / "best.pt").exists()
 
 
-def test_resume_continues_exactly(volume, tmp_path, monkeypatch):
+@pytest.mark.parametrize("ema_decay", [None, 0.9])
+def test_resume_continues_exactly(volume, tmp_path, monkeypatch, ema_decay):
     """A run killed after its step-2 checkpoint and resumed ends where an unbroken run does."""
     from tokenunify.segment import train as train_module
 
-    straight = train(tiny_settings(volume, tmp_path / "a", steps=4), progress=False)
+    straight = train(tiny_settings(volume, tmp_path / "a", steps=4, ema_decay=ema_decay), progress=False)
     real_make_batch = train_module.make_batch
     calls = {"n": 0}
 
@@ -68,16 +69,45 @@ def test_resume_continues_exactly(volume, tmp_path, monkeypatch):
 
     monkeypatch.setattr(train_module, "make_batch", dies_at_step_3)
     with pytest.raises(KeyboardInterrupt):
-        train(tiny_settings(volume, tmp_path / "b", steps=4), progress=False)
+        train(tiny_settings(volume, tmp_path / "b", steps=4, ema_decay=ema_decay), progress=False)
     monkeypatch.undo()
     assert load_checkpoint(tmp_path / "b" / "checkpoints" / "last.pt")["step"] == 2
-    resumed = train(tiny_settings(volume, tmp_path / "b", steps=4), resume=True, progress=False)
+    resumed = train(tiny_settings(volume, tmp_path / "b", steps=4, ema_decay=ema_decay), resume=True, progress=False)
     assert straight["steps"] == resumed["steps"] == 4
     a = load_checkpoint(tmp_path / "a" / "checkpoints" / "last.pt")
     b = load_checkpoint(tmp_path / "b" / "checkpoints" / "last.pt")
     assert [h["loss"] for h in a["history"]] == pytest.approx([h["loss"] for h in b["history"]], rel=1e-5)
-    for name, tensor in a["model"].items():
-        torch.testing.assert_close(tensor, b["model"][name], rtol=1e-5, atol=1e-6)
+    for key in ("model", "online_model") if ema_decay else ("model",):
+        for name, tensor in a[key].items():
+            torch.testing.assert_close(tensor, b[key][name], rtol=1e-5, atol=1e-6)
+    if ema_decay:
+        assert a["ema_updates"] == b["ema_updates"] == 4
+
+
+def test_ema_weights_are_validated_and_saved(volume, tmp_path, monkeypatch):
+    """With ema_decay the checkpoint's "model" (what predict loads) is the average, not the last iterate."""
+    from tokenunify.ema import WeightAverage
+    from tokenunify.segment import train as train_module
+
+    validated = []
+    real_validate = train_module.validate
+    monkeypatch.setattr(train_module, "validate", lambda m, *a: validated.append(m) or real_validate(m, *a))
+    train(tiny_settings(volume, tmp_path / "e", steps=4, ema_decay=0.5), progress=False)
+    state = load_checkpoint(tmp_path / "e" / "checkpoints" / "last.pt")
+    model = build_model(state["model_spec"])
+    model.load_state_dict(state["online_model"])
+    assert validated and all(m is not None for m in validated)
+    reference = WeightAverage(model, 0.5)
+    reference.load(state["model"], state["ema_updates"])
+    torch.testing.assert_close(dict(validated[-1].state_dict()), dict(reference.state_dict()))
+    differs = [not torch.equal(state["model"][k], state["online_model"][k]) for k in state["model"]]
+    assert any(differs)
+
+
+def test_ema_resume_of_a_plain_run_is_refused(volume, tmp_path):
+    train(tiny_settings(volume, tmp_path / "p", steps=2), progress=False)
+    with pytest.raises(InputError, match="ema_decay"):
+        train(tiny_settings(volume, tmp_path / "p", steps=4, ema_decay=0.9), resume=True, progress=False)
 
 
 def test_existing_run_is_protected(volume, tmp_path):

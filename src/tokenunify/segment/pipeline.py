@@ -56,6 +56,33 @@ def segmentations(
     yield from waterz_sweep(nearest, fragments, chosen, scoring=settings.scoring)
 
 
+def _sweep_once(
+    affs: np.ndarray, gt: np.ndarray, offsets: Sequence[Offset], settings: SegmentSettings, chosen: list[float],
+    progress: bool,
+) -> tuple[list[dict[str, Any]], np.ndarray]:
+    """Score every threshold; returns the rows and the best row's segmentation."""
+    total = 1 if settings.method == "mws" else len(chosen)
+    rows: list[dict[str, Any]] = []
+    best_seg: np.ndarray | None = None
+    best_rank = None
+    for threshold, seg in tqdm(segmentations(affs, offsets, settings, chosen), total=total,
+                               desc="agglomerate", unit="threshold", disable=not progress):
+        rows.append({"threshold": float(threshold), **evaluate_segmentation(seg, gt)})
+        if best_rank is None or row_rank(rows[-1]) < best_rank:
+            best_rank, best_seg = row_rank(rows[-1]), seg
+    assert best_seg is not None, "the sweep produced no segmentation"
+    return rows, best_seg
+
+
+def jittered(affs: np.ndarray, draw: int, amplitude: float) -> np.ndarray:
+    """Affinities plus uniform noise in [-amplitude, amplitude] from seed `draw`, clipped to [0, 1]."""
+    noise = np.random.default_rng(draw).uniform(-amplitude, amplitude, affs.shape).astype(np.float32)
+    return np.clip(np.asarray(affs, dtype=np.float32) + noise, 0.0, 1.0)
+
+
+_AVERAGED = ("voi_split", "voi_merge", "voi", "arand", "cremi_score")
+
+
 def sweep_scores(
     affs: np.ndarray,
     gt: np.ndarray,
@@ -67,17 +94,29 @@ def sweep_scores(
     """Score every threshold against `gt`; returns (rows, best row, best segmentation).
 
     Only the best segmentation so far is kept, ranked exactly as `best_row`
-    ranks the rows, so the returned segmentation is the best row's.
+    ranks the rows, so the returned segmentation is the best row's. With
+    `settings.jitter_repeats` R > 1 each row holds the mean of its metrics
+    over the affinities and R-1 jittered copies (plus `voi_std`,
+    `arand_std` and `draws`), the best row is chosen on those means, and the
+    segmentation returned is that of the unjittered affinities at its threshold.
     """
     chosen = list(thresholds if thresholds is not None else settings.thresholds)
-    total = 1 if settings.method == "mws" else len(chosen)
-    rows: list[dict[str, Any]] = []
-    best_seg: np.ndarray | None = None
-    best_rank = None
-    for threshold, seg in tqdm(segmentations(affs, offsets, settings, chosen), total=total,
-                               desc="agglomerate", unit="threshold", disable=not progress):
-        rows.append({"threshold": float(threshold), **evaluate_segmentation(seg, gt)})
-        if best_rank is None or row_rank(rows[-1]) < best_rank:
-            best_rank, best_seg = row_rank(rows[-1]), seg
-    assert best_seg is not None, "the sweep produced no segmentation"
-    return rows, best_row(rows), best_seg
+    rows, best_seg = _sweep_once(affs, gt, offsets, settings, chosen, progress)
+    if settings.jitter_repeats == 1:
+        return rows, best_row(rows), best_seg
+    draws = [rows] + [_sweep_once(jittered(affs, d, settings.jitter), gt, offsets, settings, chosen, False)[0]
+                      for d in range(1, settings.jitter_repeats)]
+    mean_rows = []
+    for i, row in enumerate(rows):
+        mean = dict(row)
+        for key in (k for k in _AVERAGED if k in row):
+            values = np.array([float(draw[i][key]) for draw in draws])
+            mean[key] = float(values.mean())
+            if key in ("voi", "arand"):
+                mean[f"{key}_std"] = float(values.std(ddof=1))
+        mean["draws"] = len(draws)
+        mean_rows.append(mean)
+    best = best_row(mean_rows)
+    if best["threshold"] != best_row(rows)["threshold"]:
+        best_seg = next(seg for _, seg in segmentations(affs, offsets, settings, [best["threshold"]]))
+    return mean_rows, best, best_seg

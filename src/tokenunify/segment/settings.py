@@ -63,6 +63,13 @@ class LoopSettings:
     checkpoint_every: int = 100
     val_every: int = 500
     max_minutes: float | None = None
+    # Validate and save an exponential moving average of the weights with
+    # this decay (tokenunify.ema) instead of the last iterate; None: off.
+    ema_decay: float | None = None
+
+    def __post_init__(self) -> None:
+        if self.ema_decay is not None and not 0.0 < self.ema_decay < 1.0:
+            raise ValueError(f"train.ema_decay must lie in (0, 1), got {self.ema_decay}")
 
 
 @dataclass
@@ -96,6 +103,20 @@ class SegmentSettings:
     # Median affinity along the boundary (a prebuilt waterz scorer: no compiler needed).
     scoring: str = "OneMinus<HistogramQuantileAffinity<RegionGraphType, 50, ScoreValue, 256, true>>"
     mws_bias: float = -0.5
+    # VOI and ARAND jump when a single merge of two large objects flips, and
+    # on a small validation cube such merges sit at a knife edge: uniform
+    # noise of +-0.001 on the affinities moved the best VOI of one FIB
+    # checkpoint by up to 0.39 (docs/study.md). With jitter_repeats R > 1
+    # every threshold is scored on the affinities and on R-1 copies jittered
+    # by +-jitter (fixed seeds), and the mean over the R copies is reported.
+    jitter_repeats: int = 1
+    jitter: float = 1e-3
+
+    def __post_init__(self) -> None:
+        if self.jitter_repeats < 1:
+            raise ValueError(f"segment.jitter_repeats must be >= 1, got {self.jitter_repeats}")
+        if not 0.0 <= self.jitter < 0.5:
+            raise ValueError(f"segment.jitter must lie in [0, 0.5), got {self.jitter}")
 
 
 @dataclass

@@ -23,6 +23,7 @@ from tqdm import tqdm
 from tokenunify.config import to_dict
 from tokenunify.data.augment import augment, required_input_shape
 from tokenunify.data.sampler import CropSampler, resolve_region
+from tokenunify.ema import WeightAverage
 from tokenunify.errors import InputError
 from tokenunify.io import open_volume
 from tokenunify.io.checkpoint import load_checkpoint, save_checkpoint
@@ -146,7 +147,7 @@ def train(settings: TrainSettings, resume: bool = False, overwrite: bool = False
     init_report: dict[str, Any] | None = None
     if resume:
         state = load_checkpoint(run.last)
-        model.load_state_dict(state["model"])
+        model.load_state_dict(state.get("online_model", state["model"]))
         optimizer.load_state_dict(state["optimizer"])
         step, history, val_history = state["step"], state["history"], state["val_history"]
         best_voi = state.get("best_voi", math.inf)
@@ -154,11 +155,21 @@ def train(settings: TrainSettings, resume: bool = False, overwrite: bool = False
     elif settings.init:
         init_report = load_pretrained(model, settings.init, allow_mismatch=settings.init_allow_mismatch,
                                       head_prefixes=HEAD_PREFIXES)
+    ema = None if loop.ema_decay is None else WeightAverage(model, loop.ema_decay)
+    if ema is not None and resume:
+        if "online_model" not in state:
+            raise InputError(run.last, "this run was trained without train.ema_decay; resume it without EMA "
+                                       "or start a new run")
+        ema.load(state["model"], state["ema_updates"])
+    evaluated = model if ema is None else ema.module
     run.write_config(settings)
 
     def checkpoint(path: Path) -> None:
+        # "model" always holds the weights that are validated and that predict loads.
+        weights = {"model": model.state_dict()} if ema is None else {
+            "model": ema.state_dict(), "online_model": model.state_dict(), "ema_updates": ema.updates}
         save_checkpoint(path, {
-            "model_spec": spec, "model": model.state_dict(), "optimizer": optimizer.state_dict(), "step": step,
+            "model_spec": spec, **weights, "optimizer": optimizer.state_dict(), "step": step,
             "config": to_dict(settings), "history": history, "val_history": val_history, "best_voi": best_voi,
             **rng_state(rng),
             "offsets": [list(o) for o in settings.model.offsets], "voxel_size": list(data.voxel_size),
@@ -181,6 +192,8 @@ def train(settings: TrainSettings, resume: bool = False, overwrite: bool = False
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         grad_norm, stepped = guarded_step(model, optimizer, loop.clip_grad_norm)
+        if ema is not None and stepped:
+            ema.update(model)
         step += 1
         history.append({"step": step, "loss": float(loss.detach()), "lr": optimizer.param_groups[0]["lr"],
                         "seconds": time.monotonic() - tick, "grad_norm": grad_norm, "skipped": not stepped})
@@ -189,7 +202,7 @@ def train(settings: TrainSettings, resume: bool = False, overwrite: bool = False
         if step % loop.checkpoint_every == 0 or step == loop.steps:
             checkpoint(run.last)
         if data.val_raw is not None and (step % loop.val_every == 0 or step == loop.steps):
-            report, affs, seg = validate(model, data, settings)
+            report, affs, seg = validate(evaluated, data, settings)
             best = report["best"]
             val_history.append({"step": step, **best})
             tqdm.write(f"step {step}: val VOI {best['voi']:.3f} (split {best['voi_split']:.3f}, merge {best['voi_merge']:.3f}), ARAND {best['arand']:.3f} at threshold {best['threshold']}")

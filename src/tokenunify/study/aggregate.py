@@ -28,7 +28,9 @@ def run_rows(results: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
             continue
         rows.append({"arm": r["arm"], "preset": r["preset"], "budget": r["budget"], "seed": r["seed"], "part": r["part"],
                      "parameters": r["parameters"], "steps": r["steps"], "threshold": r["final"]["threshold"],
-                     "init_loaded": r["init_loaded"], **{m: float(r["final"][m]) for m in METRICS}})
+                     "init_loaded": r["init_loaded"], **{m: float(r["final"][m]) for m in METRICS},
+                     # spread of the VOI over the jittered copies of the affinities (None: one copy)
+                     "eval_voi_std": r["final"].get("voi_std"), "eval_draws": r["final"].get("draws", 1)})
     return rows
 
 

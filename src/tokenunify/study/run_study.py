@@ -54,6 +54,8 @@ def study(config: Path, overrides: list[str], quick: bool = False, report_only: 
           progress: bool = True) -> dict[str, Any]:
     """Run (or resume) the study of `config` and write its report; returns the report."""
     started = time.monotonic()
+    # the code that runs the stages is the code checked out now, not at the end
+    commit_at_start = git_commit()
     settings = load_study(config, overrides, quick)
     root = Path(settings.out_dir)
     root.mkdir(parents=True, exist_ok=True)
@@ -65,7 +67,7 @@ def study(config: Path, overrides: list[str], quick: bool = False, report_only: 
     else:
         results = run_study(root, stages, progress=progress)
     invocations = _log_invocation(root, {"minutes": (time.monotonic() - started) / 60, "report_only": report_only,
-                                         "quick": quick, "commit": git_commit()})
+                                         "quick": quick, "commit": commit_at_start})
     meta = {
         "command": shlex.join(["tokenunify", *sys.argv[1:]]) if sys.argv[1:2] == ["study"] else
         shlex.join(["tokenunify", "study", "-c", str(config), *(["--quick"] if quick else []), *overrides]),
