@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -152,6 +153,10 @@ def test_study_runs_resumes_and_reports(data, monkeypatch):
     # A changed config is refused rather than mixed with the old results.
     with pytest.raises(OutputError, match="different config"):
         study(config, ["finetune.train.lr=0.5"], progress=False)
+    # The refused invocation was stopped before its end, yet its start is on record.
+    records = [json.loads(line) for line in (Path(again["meta"]["resolved_config"]).parent / "invocations.jsonl").read_text().splitlines()]
+    assert [r["event"] for r in records] == ["start", "end", "start", "end", "start"]
+    assert all(r["commit"] for r in records)
 
 
 def test_killed_stage_resumes_from_its_checkpoint(data, monkeypatch, tmp_path):

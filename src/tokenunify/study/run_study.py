@@ -62,19 +62,22 @@ def study(config: Path, overrides: list[str], quick: bool = False, report_only: 
     resolved = root / "study_config.yaml"
     resolved.write_text(yaml.safe_dump(to_dict(settings), sort_keys=False))
     stages = plan_study(settings)
+    # a start record keeps the commit of an invocation that is killed before its end record
+    _log_invocation(root, {"event": "start", "report_only": report_only, "quick": quick, "commit": commit_at_start})
     if report_only:
         results = [r for r in (read_result(root, s) for s in stages) if r is not None]
     else:
         results = run_study(root, stages, progress=progress)
-    invocations = _log_invocation(root, {"minutes": (time.monotonic() - started) / 60, "report_only": report_only,
-                                         "quick": quick, "commit": commit_at_start})
+    records = _log_invocation(root, {"event": "end", "minutes": (time.monotonic() - started) / 60,
+                                     "report_only": report_only, "quick": quick, "commit": commit_at_start})
+    invocations = [r for r in records if "minutes" in r]
     meta = {
         "command": shlex.join(["tokenunify", *sys.argv[1:]]) if sys.argv[1:2] == ["study"] else
         shlex.join(["tokenunify", "study", "-c", str(config), *(["--quick"] if quick else []), *overrides]),
         "config_path": str(config), "resolved_config": str(resolved), "config": to_dict(settings),
         "commit": git_commit(), "wall_minutes": sum(i["minutes"] for i in invocations), "invocations": len(invocations),
         # the code that ran the stages, which --report-only may postdate
-        "stage_commits": list(dict.fromkeys(i.get("commit", "unknown") for i in invocations if not i.get("report_only"))),
+        "stage_commits": list(dict.fromkeys(r.get("commit", "unknown") for r in records if not r.get("report_only"))),
         "stages_planned": len(stages), "stages_finished": len(results),
         # compute time of the finished stages themselves (the call that finished each one); unlike
         # wall_minutes it survives a killed invocation, which logs nothing
