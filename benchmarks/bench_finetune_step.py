@@ -8,9 +8,10 @@ Usage::
 Builds the study's fine-tuning settings (network, crop, batch, augmentation,
 bf16) from the study config, but trains on a synthetic EM-like volume made
 here, so it needs no data. It times, in one process, `make_batch` (crop,
-augmentation, affinities, loss weights) and the network step (forward,
-loss, backward, AdamW) on the same batches, after one untimed warm-up
-step, and prints both per step and their ratio. `--profile` adds the torch
+augmentation, affinities, loss weights) and the training loop's network
+step (forward, loss, backward, gradient-norm guard, AdamW) on the same
+batches, after one untimed warm-up step, and prints both per step and
+their ratio. `--profile` adds the torch
 profiler's table of the operators with the most CPU time over two steps.
 """
 
@@ -63,13 +64,7 @@ def main() -> None:
         optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
 
         def network_step(batch: tuple[torch.Tensor, ...]) -> None:
-            raw, target, weight = batch
-            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=loop.bf16):
-                logits = model(raw)
-            loss = ft.weighted_bce(logits, target, weight)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
+            ft.network_step(model, optimizer, batch, settings)  # the training loop's own step
 
         network_step(ft.make_batch(data, settings, rng))  # warm-up: oneDNN kernel creation
         started = time.perf_counter()
@@ -84,7 +79,7 @@ def main() -> None:
               f"{settings.model.name} {settings.model.preset} ({count_parameters(model):,} parameters), "
               f"batch {loop.batch_size} x {tuple(loop.crop)}, bf16 {loop.bf16}, mean of {args.steps} steps")
         print(f"make_batch    {batch_s:.3f} s/step")
-        print(f"network step  {step_s:.3f} s/step (forward, loss, backward, AdamW)")
+        print(f"network step  {step_s:.3f} s/step (forward, loss, backward, guarded AdamW step)")
         print(f"batch share   {batch_s / (batch_s + step_s):.0%} of a step")
         if args.profile:
             from torch.profiler import ProfilerActivity, profile

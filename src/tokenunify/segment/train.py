@@ -109,6 +109,22 @@ def weighted_bce(logits: torch.Tensor, target: torch.Tensor, weight: torch.Tenso
     return loss / weight.sum().clamp_min(1.0)
 
 
+def network_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, batch: tuple[torch.Tensor, ...],
+                 settings: TrainSettings) -> tuple[torch.Tensor, float, bool]:
+    """Forward (bf16 autocast if configured), balanced BCE, backward and a guarded optimiser step.
+
+    Returns (loss, gradient norm before clipping, whether the step was taken).
+    """
+    raw, target, weight = batch
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=settings.train.bf16):
+        logits = model(raw)
+    loss = weighted_bce(logits, target, weight)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    grad_norm, stepped = guarded_step(model, optimizer, settings.train.clip_grad_norm)
+    return loss, grad_norm, stepped
+
+
 def learning_rate(step: int, settings: TrainSettings) -> float:
     """Short linear warm-up, then cosine decay from lr to lr_final."""
     loop = settings.train
@@ -185,13 +201,7 @@ def train(settings: TrainSettings, resume: bool = False, overwrite: bool = False
         tick = time.monotonic()
         for group in optimizer.param_groups:
             group["lr"] = learning_rate(step, settings)
-        raw, target, weight = make_batch(data, settings, rng)
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=loop.bf16):
-            logits = model(raw)
-        loss = weighted_bce(logits, target, weight)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        grad_norm, stepped = guarded_step(model, optimizer, loop.clip_grad_norm)
+        loss, grad_norm, stepped = network_step(model, optimizer, make_batch(data, settings, rng), settings)
         if ema is not None and stepped:
             ema.update(model)
         step += 1

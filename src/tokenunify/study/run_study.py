@@ -80,7 +80,7 @@ def study(config: Path, overrides: list[str], quick: bool = False, report_only: 
         "stage_commits": list(dict.fromkeys(r.get("commit", "unknown") for r in records if not r.get("report_only"))),
         "stages_planned": len(stages), "stages_finished": len(results),
         # compute time of the finished stages themselves (the call that finished each one); unlike
-        # wall_minutes it survives a killed invocation, which logs nothing
+        # wall_minutes it survives a killed invocation, which logs its start but no minutes
         "stage_minutes": sum(r.get("minutes_this_call", 0.0) for r in results),
     }
     report = write_report(settings, results, meta, Path(settings.report_dir))

@@ -55,8 +55,9 @@ def _finetune_result(summary: dict[str, Any]) -> dict[str, Any]:
     final = history[-1]
     init = summary.get("init")
     return {
-        "final": {k: final[k] for k in ("step", "threshold", "voi_split", "voi_merge", "voi", "arand", "n_seg_ids",
-                                        "voi_std", "arand_std", "draws") if k in final},
+        # the spread over jittered copies exists only when the sweep used them
+        "final": {**{k: final[k] for k in ("step", "threshold", "voi_split", "voi_merge", "voi", "arand", "n_seg_ids")},
+                  **{k: final[k] for k in ("voi_std", "arand_std", "draws") if k in final}},
         "curve": [{k: v[k] for k in ("step", "voi", "arand", "threshold")} for v in history],
         "init_loaded": None if init is None else len(init["loaded"]),
         "init_fresh": None if init is None else init["fresh"],
