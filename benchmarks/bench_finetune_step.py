@@ -40,6 +40,7 @@ def _parse() -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--config", type=Path, default=Path("configs/study_fib.yaml"))
     p.add_argument("--steps", type=int, default=6)
+    p.add_argument("--preset", default=None, help="network preset (default: the config's)")
     p.add_argument("--profile", action="store_true")
     return p.parse_args()
 
@@ -53,7 +54,8 @@ def main() -> None:
         write_volume(f"{tmp}/v.h5:labels", vol.labels, vol.voxel_size)
         study = load_study(args.config, [f"out_dir={tmp}/study",
                                          f"finetune.data.raw={tmp}/v.h5:raw", f"finetune.data.labels={tmp}/v.h5:labels",
-                                         "finetune.data.val_z=null"], quick=False)
+                                         "finetune.data.val_z=null",
+                                         *([f"pretrain.model.preset={args.preset}"] if args.preset else [])], quick=False)
         settings = next(s for s in plan_study(study) if s.kind == "finetune" and s.arm == "scratch").settings
         settings.data.train_z = None
         loop = settings.train

@@ -21,6 +21,10 @@ class InputError(TokenUnifyError):
         self.problem = problem
         super().__init__(f"{self.where}: {problem}")
 
+    def __reduce__(self) -> tuple[type, tuple[str, str]]:
+        # rebuilt from both arguments, so the error survives the trip back from a worker process
+        return type(self), (self.where, self.problem)
+
 
 class OutputError(TokenUnifyError):
     """An output that exists (without --overwrite) or cannot be written."""
@@ -29,6 +33,10 @@ class OutputError(TokenUnifyError):
         self.where = str(where)
         self.problem = problem
         super().__init__(f"{self.where}: {problem}")
+
+    def __reduce__(self) -> tuple[type, tuple[str, str]]:
+        # rebuilt from both arguments, so the error survives the trip back from a worker process
+        return type(self), (self.where, self.problem)
 
 
 class ConfigError(TokenUnifyError):

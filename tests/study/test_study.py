@@ -12,7 +12,7 @@ import yaml
 
 from tokenunify.config import from_dict, to_dict
 from tokenunify.data.synthetic import make_synthetic_volume
-from tokenunify.errors import ConfigError, OutputError
+from tokenunify.errors import ConfigError, InputError, OutputError
 from tokenunify.io import write_volume
 from tokenunify.study import aggregate as agg
 from tokenunify.study import runner
@@ -183,3 +183,50 @@ def test_killed_stage_resumes_from_its_checkpoint(data, monkeypatch, tmp_path):
     report = study(config, [], progress=False)
     result = json.loads((tmp_path / "study" / "finetune/scratch/tiny/full/s0/result.json").read_text())
     assert result["resumed"] and result["steps"] == 3 and report["runs"][0]["steps"] == 3
+
+
+def test_parallel_workers_give_the_sequential_results(data, tmp_path):
+    """Two worker processes of one thread each must reproduce a one-thread sequential run exactly."""
+    import torch
+
+    threads = torch.get_num_threads()
+    reports = {}
+    try:
+        for workers in (1, 2):
+            config = tmp_path / f"study{workers}.yaml"
+            config.write_text(yaml.safe_dump(_raw(data, workers=workers, out_dir=str(tmp_path / f"s{workers}"),
+                                                  report_dir=str(tmp_path / f"r{workers}"))))
+            # the sequential reference runs with the one thread each worker gets
+            torch.set_num_threads(1 if workers == 1 else 2)
+            reports[workers] = study(config, [], progress=False)
+    finally:
+        torch.set_num_threads(threads)
+    seq, par = reports[1], reports[2]
+    assert par["meta"]["stages_finished"] == par["meta"]["stages_planned"] == 8
+    assert {r["arm"]: r["init_loaded"] for r in par["runs"]} == {r["arm"]: r["init_loaded"] for r in seq["runs"]}
+    for a, b in zip(seq["runs"], par["runs"]):
+        assert (a["arm"], a["budget"], a["seed"]) == (b["arm"], b["budget"], b["seed"])
+        for metric in ("voi", "voi_split", "voi_merge", "arand", "threshold"):
+            assert a[metric] == b[metric], (a["arm"], a["budget"], metric)
+    assert par["curves"] == seq["curves"]
+    assert "2 stages ran at a time" in (tmp_path / "r2" / "results.md").read_text()
+
+
+def test_a_failing_worker_stage_is_raised_by_name(data, tmp_path):
+    raw = _raw(data, arms=[{"name": "scratch"}], budgets=[{"name": "full", "train_z": [0, 16]}],
+               curve={"arms": ["scratch"], "every": 1}, workers=2, out_dir=str(tmp_path / "study"),
+               report_dir=str(tmp_path / "report"))
+    raw["finetune"]["data"]["raw"] = f"{tmp_path}/missing.h5:raw"
+    config = tmp_path / "study.yaml"
+    config.write_text(yaml.safe_dump(raw))
+    # a user error comes back from the worker as itself, naming the file
+    with pytest.raises(InputError, match="missing.h5"):
+        study(config, [], progress=False)
+
+
+def test_user_errors_survive_pickling():
+    import pickle
+
+    for error in (InputError("a.h5:raw", "no such dataset"), OutputError("runs/x", "exists")):
+        again = pickle.loads(pickle.dumps(error))
+        assert type(again) is type(error) and str(again) == str(error) and again.where == error.where

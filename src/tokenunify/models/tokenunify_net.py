@@ -238,12 +238,14 @@ def count_parameters(model: nn.Module) -> int:
 
 #: Size presets: widths and depths of the encoder (the decoder follows the
 #: widths). Parameter counts are those of the fine-tuning model (3 affinity
-#: outputs) and nearly equal for both mixers; ``tiny`` trains on a 2-core CPU,
+#: outputs) and nearly equal for both mixers; ``micro`` and ``tiny`` train
+#: on a 2-core CPU (``micro`` is the study's second scaling point),
 #: ``base`` matches the paper's 28M EMmamba, the rest its scaling study.
 #: ``tiny`` has no mixer in stage 0: on an anisotropic 32x128x128 crop that
 #: stage is a 131k-voxel sequence, and its Mamba scan alone cost more than
 #: the rest of the network on 2 CPU cores, for context the later stages give.
 PRESETS: dict[str, dict[str, Any]] = {
+    "micro": {"stem_width": 8, "dims": (16, 32, 48, 64), "depths": (0, 1, 1, 2), "n_latents": 8},
     "tiny": {"stem_width": 16, "dims": (24, 48, 72, 112), "depths": (0, 1, 2, 3), "n_latents": 16},
     "small": {"stem_width": 16, "dims": (32, 64, 128, 192), "depths": (1, 1, 2, 4), "n_latents": 32},
     "base": {"stem_width": 24, "dims": (48, 96, 192, 384), "depths": (2, 2, 4, 6), "n_latents": 32},
@@ -255,6 +257,7 @@ PRESETS: dict[str, dict[str, Any]] = {
 
 #: Target parameter counts of the presets (fine-tuning configuration).
 PRESET_TARGETS: dict[str, int] = {
+    "micro": 850_000,
     "tiny": 2_400_000,
     "small": 7_500_000,
     "base": 28_000_000,

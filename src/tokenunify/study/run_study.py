@@ -67,7 +67,7 @@ def study(config: Path, overrides: list[str], quick: bool = False, report_only: 
     if report_only:
         results = [r for r in (read_result(root, s) for s in stages) if r is not None]
     else:
-        results = run_study(root, stages, progress=progress)
+        results = run_study(root, stages, progress=progress, workers=settings.workers)
     records = _log_invocation(root, {"event": "end", "minutes": (time.monotonic() - started) / 60,
                                      "report_only": report_only, "quick": quick, "commit": commit_at_start})
     invocations = [r for r in records if "minutes" in r]
@@ -78,7 +78,7 @@ def study(config: Path, overrides: list[str], quick: bool = False, report_only: 
         "commit": git_commit(), "wall_minutes": sum(i["minutes"] for i in invocations), "invocations": len(invocations),
         # the code that ran the stages, which --report-only may postdate
         "stage_commits": list(dict.fromkeys(r.get("commit", "unknown") for r in records if not r.get("report_only"))),
-        "stages_planned": len(stages), "stages_finished": len(results),
+        "workers": settings.workers, "stages_planned": len(stages), "stages_finished": len(results),
         # compute time of the finished stages themselves (the call that finished each one); unlike
         # wall_minutes it survives a killed invocation, which logs its start but no minutes
         "stage_minutes": sum(r.get("minutes_this_call", 0.0) for r in results),

@@ -5,20 +5,31 @@ its config. On a rerun a finished stage is skipped when the fingerprint
 matches, and refused when it does not (a changed config must not be mixed
 with old results silently); an unfinished stage with a checkpoint resumes
 from it (`--resume` of `pretrain`/`train`, which is exact).
+
+With `workers > 1` independent stages run at the same time, each in its own
+process with `threads // workers` torch threads: on 2 CPU cores two
+one-thread training processes get more steps done than one two-thread
+process (docs/study.md). A stage starts once the pretraining it needs has
+finished; if one fails, no new stage starts, the running ones finish, and
+the first failure is raised: a user error (a missing file, a changed config)
+as itself, anything else as :class:`StageFailed` naming the stage.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import multiprocessing
 import time
+from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from pathlib import Path
 from typing import Any, Callable
 
+import torch
 from tqdm import tqdm
 
 from tokenunify.config import to_dict
-from tokenunify.errors import OutputError
+from tokenunify.errors import OutputError, TokenUnifyError
 from tokenunify.pretrain.loop import pretrain
 from tokenunify.run_folder import RunFolder
 from tokenunify.segment.train import train
@@ -95,8 +106,10 @@ def _val_history(folder: RunFolder) -> list[dict[str, Any]]:
 
 
 def run_study(root: Path, stages: list[Stage], progress: bool = True,
-              log: Callable[[str], None] = tqdm.write) -> list[dict[str, Any]]:
-    """Run every unfinished stage in order; returns the results of all stages."""
+              log: Callable[[str], None] = tqdm.write, workers: int = 1) -> list[dict[str, Any]]:
+    """Run every unfinished stage, `workers` at a time; returns the results of all stages in plan order."""
+    if workers > 1:
+        return _run_parallel(root, stages, workers, log)
     results = []
     for i, stage in enumerate(stages, 1):
         done = read_result(root, stage)
@@ -109,3 +122,59 @@ def run_study(root: Path, stages: list[Stage], progress: bool = True,
         log(f"[{i}/{len(stages)}] {stage.key}: running")
         results.append(run_stage(root, stage, progress))
     return results
+
+
+def _init_worker(threads: int) -> None:
+    torch.set_num_threads(threads)
+
+
+class StageFailed(RuntimeError):
+    """A stage run by a worker process raised; the message names the stage."""
+
+
+def _run_parallel(root: Path, stages: list[Stage], workers: int, log: Callable[[str], None]) -> list[dict[str, Any]]:
+    results: dict[str, dict[str, Any]] = {}
+    pending: list[Stage] = []
+    number = {s.key: i for i, s in enumerate(stages, 1)}
+    for stage in stages:
+        done = read_result(root, stage)
+        if done is None:
+            pending.append(stage)
+        else:
+            log(f"[{number[stage.key]}/{len(stages)}] {stage.key}: done earlier, skipped")
+            results[stage.key] = done
+    threads = max(1, torch.get_num_threads() // workers)
+    running: dict[Future[dict[str, Any]], Stage] = {}
+    failures: list[tuple[Stage, BaseException]] = []
+    # spawn, not fork: a forked child would inherit the parent's torch thread pools
+    pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"),
+                               initializer=_init_worker, initargs=(threads,))
+    try:
+        while pending or running:
+            ready = [s for s in pending if s.needs is None or s.needs in results]
+            for stage in ready[: workers - len(running)] if not failures else []:
+                pending.remove(stage)
+                log(f"[{number[stage.key]}/{len(stages)}] {stage.key}: running ({threads} thread(s) in a worker)")
+                running[pool.submit(run_stage, root, stage, False)] = stage
+            if not running:
+                break
+            finished, _ = wait(running, return_when=FIRST_COMPLETED)
+            for future in finished:
+                stage = running.pop(future)
+                try:
+                    results[stage.key] = future.result()
+                    log(f"[{number[stage.key]}/{len(stages)}] {stage.key}: finished in "
+                        f"{results[stage.key]['minutes_this_call']:.1f} min")
+                except BaseException as exc:  # a worker's error comes back as the stage's exception
+                    log(f"[{number[stage.key]}/{len(stages)}] {stage.key}: failed: {exc!r}")
+                    failures.append((stage, exc))
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+    if failures:
+        stage, exc = failures[0]
+        if isinstance(exc, TokenUnifyError):
+            raise exc  # names the file and the problem already, as in a sequential run
+        raise StageFailed(f"{stage.key} failed: {exc!r}") from exc
+    if pending:
+        raise RuntimeError(f"{len(pending)} stage(s) wait for pretraining that is not in the study: {pending[0].key}")
+    return [results[s.key] for s in stages]

@@ -84,6 +84,9 @@ class StudySettings:
     curve: CurveSettings = field(default_factory=CurveSettings)
     scaling: ScalingSettings = field(default_factory=ScalingSettings)
     floor: FloorSettings = field(default_factory=FloorSettings)
+    # Stages run this many at a time, each in its own process with an equal
+    # share of the CPU threads; see docs/study.md ("Running stages in parallel").
+    workers: int = 1
     out_dir: str = "runs/study"
     report_dir: str = "docs"
     quick: list[str] = field(default_factory=list)
@@ -104,6 +107,8 @@ class StudySettings:
                 raise ValueError(f"{where} names unknown arm(s) {', '.join(unknown)}; arms: {', '.join(names)}")
         if self.scaling.presets and self.scaling.budget not in budgets:
             raise ValueError(f"scaling.budget {self.scaling.budget!r} is not one of the budgets {budgets}")
+        if self.workers < 1:
+            raise ValueError(f"workers must be >= 1, got {self.workers}")
         if self.curve.every < 1:
             raise ValueError(f"curve.every must be >= 1, got {self.curve.every}")
 
