@@ -3,7 +3,7 @@
 Usage::
 
     python benchmarks/bench_finetune_step.py [--config configs/study_fib.yaml]
-        [--steps 6] [--profile]
+        [--steps 6] [--preset tiny] [--threads N] [--profile]
 
 Builds the study's fine-tuning settings (network, crop, batch, augmentation,
 bf16) from the study config, but trains on a synthetic EM-like volume made
@@ -41,6 +41,7 @@ def _parse() -> argparse.Namespace:
     p.add_argument("--config", type=Path, default=Path("configs/study_fib.yaml"))
     p.add_argument("--steps", type=int, default=6)
     p.add_argument("--preset", default=None, help="network preset (default: the config's)")
+    p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     p.add_argument("--profile", action="store_true")
     return p.parse_args()
 
@@ -48,6 +49,8 @@ def _parse() -> argparse.Namespace:
 def main() -> None:
     args = _parse()
     tune_malloc()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     with tempfile.TemporaryDirectory() as tmp:
         vol = make_synthetic_volume((64, 160, 160), (10, 10, 10), seed=0)
         write_volume(f"{tmp}/v.h5:raw", vol.raw, vol.voxel_size)

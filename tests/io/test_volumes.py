@@ -72,7 +72,7 @@ def test_failed_new_output_leaves_nothing(tmp_path, data, name):
 def test_second_dataset_in_existing_container(tmp_path, data):
     write_volume(f"{tmp_path}/c.h5:raw", data, (1, 1, 1))
     with pytest.raises(RuntimeError):
-        with create_volume(f"{tmp_path}/c.h5:labels", data.shape, np.uint64, (1, 1, 1)) as out:
+        with create_volume(f"{tmp_path}/c.h5:labels", data.shape, np.uint64, (1, 1, 1)):
             raise RuntimeError("crash")
     import h5py
 

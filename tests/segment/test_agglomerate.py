@@ -5,7 +5,6 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import waterz
-from scipy import ndimage
 
 from label_helpers import voronoi_labels
 
