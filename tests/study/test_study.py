@@ -234,3 +234,17 @@ def test_user_errors_survive_pickling():
     for error in (InputError("a.h5:raw", "no such dataset"), OutputError("runs/x", "exists")):
         again = pickle.loads(pickle.dumps(error))
         assert type(again) is type(error) and str(again) == str(error) and again.where == error.where
+
+
+def test_a_worker_bug_is_raised_naming_the_stage(data, tmp_path):
+    # an unknown preset reaches the model builder in the worker as a plain ValueError, not a user error
+    raw = _raw(data, arms=[{"name": "mae", "schedule": {"kind": "single", "objectives": ["random"]}}],
+               budgets=[{"name": "full", "train_z": [0, 16]}], curve={"arms": ["mae"], "every": 1}, workers=2,
+               out_dir=str(tmp_path / "study"), report_dir=str(tmp_path / "report"))
+    raw["pretrain"]["model"]["preset"] = "no_such_preset"
+    config = tmp_path / "study.yaml"
+    config.write_text(yaml.safe_dump(raw))
+    with pytest.raises(runner.StageFailed, match="pretrain/mae/no_such_preset/s0 failed.*no_such_preset"):
+        study(config, [], progress=False)
+    # the fine-tuning stage that needed it never started
+    assert not (tmp_path / "study" / "finetune").exists()
