@@ -108,20 +108,35 @@ def _val_history(folder: RunFolder) -> list[dict[str, Any]]:
 def run_study(root: Path, stages: list[Stage], progress: bool = True,
               log: Callable[[str], None] = tqdm.write, workers: int = 1) -> list[dict[str, Any]]:
     """Run every unfinished stage, `workers` at a time; returns the results of all stages in plan order."""
+    results, pending = _finished_and_pending(root, stages, log)
     if workers > 1:
-        return _run_parallel(root, stages, workers, log)
-    results = []
-    for i, stage in enumerate(stages, 1):
-        done = read_result(root, stage)
-        if done is not None:
-            log(f"[{i}/{len(stages)}] {stage.key}: done earlier, skipped")
-            results.append(done)
-            continue
-        if stage.needs is not None and read_result(root, next(s for s in stages if s.key == stage.needs)) is None:
+        _run_parallel(root, stages, results, pending, workers, log)
+        return [results[s.key] for s in stages]
+    for stage in pending:
+        if stage.needs is not None and stage.needs not in results:
             raise RuntimeError(f"{stage.key} needs {stage.needs}, which has not finished")
-        log(f"[{i}/{len(stages)}] {stage.key}: running")
-        results.append(run_stage(root, stage, progress))
-    return results
+        log(f"{_label(stages, stage)}: running")
+        results[stage.key] = run_stage(root, stage, progress)
+    return [results[s.key] for s in stages]
+
+
+def _label(stages: list[Stage], stage: Stage) -> str:
+    return f"[{stages.index(stage) + 1}/{len(stages)}] {stage.key}"
+
+
+def _finished_and_pending(root: Path, stages: list[Stage],
+                          log: Callable[[str], None]) -> tuple[dict[str, dict[str, Any]], list[Stage]]:
+    """Results of the stages that finished earlier (by key), and the others in plan order."""
+    results: dict[str, dict[str, Any]] = {}
+    pending: list[Stage] = []
+    for stage in stages:
+        done = read_result(root, stage)
+        if done is None:
+            pending.append(stage)
+        else:
+            log(f"{_label(stages, stage)}: done earlier, skipped")
+            results[stage.key] = done
+    return results, pending
 
 
 def _init_worker(threads: int) -> None:
@@ -132,17 +147,9 @@ class StageFailed(RuntimeError):
     """A stage run by a worker process raised; the message names the stage."""
 
 
-def _run_parallel(root: Path, stages: list[Stage], workers: int, log: Callable[[str], None]) -> list[dict[str, Any]]:
-    results: dict[str, dict[str, Any]] = {}
-    pending: list[Stage] = []
-    number = {s.key: i for i, s in enumerate(stages, 1)}
-    for stage in stages:
-        done = read_result(root, stage)
-        if done is None:
-            pending.append(stage)
-        else:
-            log(f"[{number[stage.key]}/{len(stages)}] {stage.key}: done earlier, skipped")
-            results[stage.key] = done
+def _run_parallel(root: Path, stages: list[Stage], results: dict[str, dict[str, Any]], pending: list[Stage],
+                  workers: int, log: Callable[[str], None]) -> None:
+    """Run `pending` in worker processes, adding each result to `results` as it finishes."""
     threads = max(1, torch.get_num_threads() // workers)
     running: dict[Future[dict[str, Any]], Stage] = {}
     failures: list[tuple[Stage, BaseException]] = []
@@ -154,7 +161,7 @@ def _run_parallel(root: Path, stages: list[Stage], workers: int, log: Callable[[
             ready = [s for s in pending if s.needs is None or s.needs in results]
             for stage in ready[: workers - len(running)] if not failures else []:
                 pending.remove(stage)
-                log(f"[{number[stage.key]}/{len(stages)}] {stage.key}: running ({threads} thread(s) in a worker)")
+                log(f"{_label(stages, stage)}: running ({threads} thread(s) in a worker)")
                 running[pool.submit(run_stage, root, stage, False)] = stage
             if not running:
                 break
@@ -163,10 +170,9 @@ def _run_parallel(root: Path, stages: list[Stage], workers: int, log: Callable[[
                 stage = running.pop(future)
                 try:
                     results[stage.key] = future.result()
-                    log(f"[{number[stage.key]}/{len(stages)}] {stage.key}: finished in "
-                        f"{results[stage.key]['minutes_this_call']:.1f} min")
+                    log(f"{_label(stages, stage)}: finished in {results[stage.key]['minutes_this_call']:.1f} min")
                 except BaseException as exc:  # a worker's error comes back as the stage's exception
-                    log(f"[{number[stage.key]}/{len(stages)}] {stage.key}: failed: {exc!r}")
+                    log(f"{_label(stages, stage)}: failed: {exc!r}")
                     failures.append((stage, exc))
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
@@ -177,4 +183,3 @@ def _run_parallel(root: Path, stages: list[Stage], workers: int, log: Callable[[
         raise StageFailed(f"{stage.key} failed: {exc!r}") from exc
     if pending:
         raise RuntimeError(f"{len(pending)} stage(s) wait for pretraining that is not in the study: {pending[0].key}")
-    return [results[s.key] for s in stages]

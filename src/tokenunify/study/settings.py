@@ -85,7 +85,7 @@ class StudySettings:
     scaling: ScalingSettings = field(default_factory=ScalingSettings)
     floor: FloorSettings = field(default_factory=FloorSettings)
     # Stages run this many at a time, each in its own process with an equal
-    # share of the CPU threads; see docs/study.md ("Running stages in parallel").
+    # share of the CPU threads; see docs/study.md ("Stages in parallel").
     workers: int = 1
     out_dir: str = "runs/study"
     report_dir: str = "docs"
