@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from tokenunify.ema import WeightAverage, ema_decay_at
+from tokenunify.training.ema import WeightAverage, ema_decay_at
 
 
 def test_average_matches_plain_loop():

@@ -1,4 +1,4 @@
-"""The `tokenunify` command line: train, predict, segment, evaluate, demo.
+"""The `tokenunify` command line: train, predict, segment, evaluate, demo, convert-checkpoint.
 
 Every volume is named `PATH:DATASET`. A user error (bad input, an existing
 output, a bad config) prints one line naming the file and the problem and
@@ -191,6 +191,25 @@ def evaluate(
     for key in ("voi_split", "voi_merge", "voi", "arand", "cremi_score", "n_seg_ids", "n_gt_ids"):
         value = scores[key]
         typer.echo(f"{key:12s} {value:.4f}" if isinstance(value, float) else f"{key:12s} {value}")
+
+
+@app.command("convert-checkpoint", epilog="Example: tokenunify convert-checkpoint old/best.pt best_safe.pt")
+def convert_checkpoint(
+    old: Path = typer.Argument(..., metavar="OLD", help="Checkpoint to convert; it is unpickled in full, so only a file you trust."),
+    new: Path = typer.Argument(..., metavar="NEW", help="Where to write the converted checkpoint."),
+    overwrite: bool = typer.Option(False, help="Replace an existing NEW."),
+) -> None:
+    """Rewrite a TRUSTED old checkpoint so it loads weights-only (tensors and plain data; no code).
+
+    Checkpoints are loaded weights-only because unpickling anything else can run
+    code. This command loads OLD with the full unpickler, which runs whatever code
+    the file carries: running it is your statement that you trust OLD.
+    """
+    from tokenunify.io.convert import convert_checkpoint as run_convert
+
+    result = run_convert(old, new, overwrite=overwrite)
+    changed = ", ".join(f"{n} {kind}" for kind, n in sorted(result["conversions"].items())) or "nothing changed"
+    typer.echo(f"wrote {result['path']} ({changed})")
 
 
 @app.command(epilog="Example: tokenunify demo --out demo_out")

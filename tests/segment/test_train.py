@@ -8,7 +8,7 @@ import torch
 
 from tokenunify.config import from_dict
 from tokenunify.data.synthetic import make_synthetic_volume
-from tokenunify.errors import InputError, OutputError
+from tokenunify.errors import ConfigError, InputError, OutputError
 from tokenunify.io import write_volume
 from tokenunify.io.checkpoint import load_checkpoint, save_checkpoint
 from tokenunify.models.registry import build_model
@@ -86,7 +86,7 @@ def test_resume_continues_exactly(volume, tmp_path, monkeypatch, ema_decay):
 
 def test_ema_weights_are_validated_and_saved(volume, tmp_path, monkeypatch):
     """With ema_decay the checkpoint's "model" (what predict loads) is the average, not the last iterate."""
-    from tokenunify.ema import WeightAverage
+    from tokenunify.training.ema import WeightAverage
     from tokenunify.segment import train as train_module
 
     validated = []
@@ -106,7 +106,7 @@ def test_ema_weights_are_validated_and_saved(volume, tmp_path, monkeypatch):
 
 def test_ema_resume_of_a_plain_run_is_refused(volume, tmp_path):
     train(tiny_settings(volume, tmp_path / "p", steps=2), progress=False)
-    with pytest.raises(InputError, match="ema_decay"):
+    with pytest.raises(ConfigError, match=r"train.ema_decay: None -> 0.9"):
         train(tiny_settings(volume, tmp_path / "p", steps=4, ema_decay=0.9), resume=True, progress=False)
 
 

@@ -17,8 +17,9 @@ One class serves both phases of the method:
 Encoder and decoder parameters have the same names and shapes in both
 configurations; only ``decoder.head`` (its channel count) and the
 pretraining-only ``perceiver``, ``next_head`` and ``mask_token`` differ, so
-:func:`tokenunify.segment.init.load_pretrained` (with ``allow_mismatch=True``
-for the head) moves a pretrained backbone into a segmentation model by name.
+:func:`tokenunify.segment.init.load_pretrained` (with ``head_prefixes`` naming
+``decoder.head.``, which then stays freshly initialised) moves a pretrained
+backbone into a segmentation model by name.
 """
 
 from __future__ import annotations

@@ -10,24 +10,24 @@ from the untrained network, then `preview_<objective>.png` as training goes).
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-from tqdm import tqdm
 
-from tokenunify.config import to_dict
 from tokenunify.errors import ConfigError
-from tokenunify.io.checkpoint import load_checkpoint, save_checkpoint
 from tokenunify.models.registry import build_model, count_parameters
 from tokenunify.pretrain.data import UnlabeledCrops
-from tokenunify.pretrain.objectives import ObjectiveOutput, objective_loss
+from tokenunify.pretrain.objectives import MaskedForward, ObjectiveOutput, objective_loss
 from tokenunify.pretrain.schedule import objective_for_step
 from tokenunify.pretrain.settings import PretrainSettings
 from tokenunify.report.pretrain_plots import plot_objective_losses, reconstruction_png
-from tokenunify.run_folder import RunFolder, cosine_lr, guarded_step, restore_rng, rng_state
+from tokenunify.training.devices import resolve_device
+from tokenunify.training.distributed import world_size
+from tokenunify.training.loop import StepContext, Task, run_training
+from tokenunify.training.run_folder import RunFolder
+from tokenunify.training.step import StepOutput
 from tokenunify.tokens.masks import MaskSampler, available_samplers, build_sampler
 
 
@@ -61,91 +61,56 @@ def _check_crop(model: torch.nn.Module, crop: tuple[int, ...]) -> None:
             raise ConfigError(f"train.crop {tuple(crop)} must be divisible by the patch {model.patch} and the downsample factor {model.downsample_factor}")
 
 
-def pretrain(settings: PretrainSettings, resume: bool = False, overwrite: bool = False, progress: bool = True) -> dict[str, Any]:
-    """Run pretraining as configured; returns a summary dict."""
-    run = RunFolder(Path(settings.out_dir))
-    run.check(resume, overwrite)
+def pretrain(settings: PretrainSettings, resume: bool = False, overwrite: bool = False, progress: bool = True,
+             device: str | torch.device = "cpu") -> dict[str, Any]:
+    """Run pretraining as configured on `device` (auto, cpu, cuda[:N]); returns a summary dict."""
     loop = settings.train
-    if loop.threads:
-        torch.set_num_threads(loop.threads)
-    torch.manual_seed(loop.seed)  # before building: the initial weights come from the seed
+    dev = device if isinstance(device, torch.device) else resolve_device(device, world_size())
     spec = pretrain_model_spec(settings)
-    model = build_model(spec)
-    _check_crop(model, tuple(loop.crop))
     samplers = build_samplers(settings)
     data = UnlabeledCrops(settings.data.volumes, tuple(loop.crop), settings.augment)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=loop.lr, weight_decay=loop.weight_decay)
-    rng = np.random.default_rng(loop.seed)
-    torch.manual_seed(loop.seed)
-    mask_generator = torch.Generator().manual_seed(loop.seed)
-    step, history, tokens_seen = 0, [], 0
-    if resume:
-        state = load_checkpoint(run.last)
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        step, history, tokens_seen = state["step"], state["history"], state["tokens_seen"]
-        restore_rng(rng, state)
-        mask_generator.set_state(state["mask_rng"])
-    run.write_config(settings)
+    run = RunFolder(Path(settings.out_dir))
+    last: dict[str, Any] = {}
 
-    def checkpoint() -> None:
-        save_checkpoint(run.last, {
-            "model_spec": spec, "model": model.state_dict(), "optimizer": optimizer.state_dict(), "step": step,
-            "config": to_dict(settings), "history": history, "tokens_seen": tokens_seen, "kind": "pretrain",
-            "mask_rng": mask_generator.get_state(), **rng_state(rng),
-        })
+    def build() -> torch.nn.Module:
+        model = build_model(spec)
+        _check_crop(model, tuple(loop.crop))
+        return model
 
-    def preview(out: ObjectiveOutput, x: torch.Tensor, name: str, filename: str) -> None:
-        reconstruction_png(run.file(filename), x, out.masks.visible, out.masks.target, out.prediction_tokens,
-                           tuple(model.patch), loop.normalize_targets, title=f"{name}, step {step}")
+    def step(ctx: StepContext) -> StepOutput:
+        name = objective_for_step(ctx.step, loop.steps, settings.schedule, loop.seed)
+        x = data.batch(loop.batch_size, ctx.rng.numpy).to(ctx.device)
+        with ctx.autocast():
+            out = objective_loss(ctx.model, x, samplers[name], ctx.rng.generator, loop.normalize_targets, ctx.forward)
+        last.update(out=out, x=x, name=name)
+        return StepOutput(out.loss, out.weight, row={"objective": name},
+                          counts={"tokens": out.masks.visible.numel(), "targets": out.n_target_tokens})
 
-    started = time.monotonic()
-    model.train()
-    if step == 0:
+    def preview(model: torch.nn.Module, out: ObjectiveOutput, x: torch.Tensor, name: str, at: int, filename: str) -> None:
+        reconstruction_png(run.file(filename), x.cpu(), out.masks.visible, out.masks.target, out.prediction_tokens.cpu(),
+                           tuple(model.patch), loop.normalize_targets, title=f"{name}, step {at}")
+
+    def start(model: torch.nn.Module) -> None:
         # The untrained network's guesses, for comparison with later previews.
-        x = data.batch(loop.batch_size, np.random.default_rng(loop.seed + 1))
+        x = data.batch(loop.batch_size, np.random.default_rng(loop.seed + 1)).to(dev)
         with torch.no_grad():
             name = objective_for_step(0, loop.steps, settings.schedule, loop.seed)
             out = objective_loss(model, x, samplers[name], torch.Generator().manual_seed(1), loop.normalize_targets)
-        preview(out, x, name, "preview_step0.png")
-    bar = tqdm(total=loop.steps, initial=step, disable=not progress, desc="pretrain", unit="step", dynamic_ncols=True)
-    while step < loop.steps:
-        if loop.max_minutes is not None and time.monotonic() - started > 60 * loop.max_minutes:
-            tqdm.write(f"time limit of {loop.max_minutes} min reached at step {step}")
-            break
-        tick = time.monotonic()
-        name = objective_for_step(step, loop.steps, settings.schedule, loop.seed)
-        for group in optimizer.param_groups:
-            group["lr"] = cosine_lr(step, loop.steps, loop.lr, loop.lr_final)
-        x = data.batch(loop.batch_size, rng)
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=loop.bf16):
-            out = objective_loss(model, x, samplers[name], mask_generator, loop.normalize_targets)
-        optimizer.zero_grad(set_to_none=True)
-        out.loss.backward()
-        grad_norm, stepped = guarded_step(model, optimizer, loop.clip_grad_norm)
-        step += 1
-        n_tokens = out.masks.visible.numel()
-        tokens_seen += n_tokens
-        seconds = time.monotonic() - tick
-        history.append({"step": step, "objective": name, "loss": float(out.loss.detach()), "seconds": seconds,
-                        "tokens": n_tokens, "targets": out.n_target_tokens,
-                        "grad_norm": grad_norm, "skipped": not stepped})
-        bar.update(1)
-        bar.set_postfix(obj=name, loss=f"{history[-1]['loss']:.4f}", tok_s=f"{n_tokens / max(seconds, 1e-9):.0f}")
-        if step % loop.checkpoint_every == 0 or step == loop.steps:
-            checkpoint()
-        if step % loop.preview_every == 0 or step == loop.steps:
-            preview(out, x, name, f"preview_{name}.png")
-            plot_objective_losses(history, run.file("loss_per_objective.png"))
-    bar.close()
-    checkpoint()
-    run.write_metrics(history)
-    if history:
+        preview(model, out, x, name, 0, "preview_step0.png")
+
+    def evaluate(model: torch.nn.Module, at: int, history: list[dict[str, Any]]) -> None:
+        preview(model, last["out"], last["x"], last["name"], at, f"preview_{last['name']}.png")
         plot_objective_losses(history, run.file("loss_per_objective.png"))
-    return {"out_dir": str(run.root), "steps": step, "tokens_seen": tokens_seen, "parameters": count_parameters(model),
-            "skipped_steps": sum(1 for h in history if h.get("skipped")),
-            "minutes": (time.monotonic() - started) / 60, "loss_by_objective": _loss_summary(history),
-            "checkpoint": str(run.last)}
+
+    task = Task(kind="pretrain", step=step, evaluate=evaluate, eval_every=loop.preview_every, start=start,
+                finish=lambda history, evals: plot_objective_losses(history, run.file("loss_per_objective.png")),
+                extra=lambda history: {"tokens_seen": sum(h["tokens"] for h in history)},
+                wrap=MaskedForward, find_unused_parameters=True)
+    result = run_training(settings, loop, spec, build, task, settings.out_dir, dev, resume, overwrite, progress)
+    return {"out_dir": str(run.root), "steps": result.steps, "tokens_seen": sum(h["tokens"] for h in result.history),
+            "parameters": count_parameters(result.model), "skipped_steps": result.skipped_steps,
+            "minutes": result.minutes, "loss_by_objective": _loss_summary(result.history),
+            "checkpoint": str(run.last), "world_size": result.world_size, "device": str(dev)}
 
 
 def _loss_summary(history: list[dict[str, Any]]) -> dict[str, dict[str, float]]:

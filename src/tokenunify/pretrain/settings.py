@@ -7,6 +7,7 @@ from typing import Any, Literal
 
 from tokenunify.data.augment import AugmentConfig
 from tokenunify.pretrain.schedule import ScheduleSettings
+from tokenunify.training.settings import LoopBase
 
 
 @dataclass
@@ -27,23 +28,17 @@ class PretrainModel:
 
 
 @dataclass
-class PretrainLoop:
-    """The optimisation loop. `normalize_targets`: per-patch normalised targets (MAE)."""
+class PretrainLoop(LoopBase):
+    """The optimisation loop (shared fields: `LoopBase`). `normalize_targets`: per-patch normalised targets (MAE)."""
 
     steps: int = 1000
-    batch_size: int = 2
     crop: tuple[int, int, int] = (32, 64, 64)
-    lr: float = 1e-3
     lr_final: float = 1e-5
     weight_decay: float = 0.05
-    bf16: bool = True
-    seed: int = 0
-    threads: int | None = None
-    normalize_targets: bool = True
     clip_grad_norm: float | None = 1.0
     checkpoint_every: int = 50
+    normalize_targets: bool = True
     preview_every: int = 250
-    max_minutes: float | None = None
 
 
 @dataclass

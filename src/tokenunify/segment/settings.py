@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from tokenunify.data.augment import AugmentConfig
+from tokenunify.training.settings import LoopBase
 
 Offset = tuple[int, int, int]
 NEAREST: list[Offset] = [(-1, 0, 0), (0, -1, 0), (0, 0, -1)]
@@ -45,31 +46,10 @@ class ModelSettings:
 
 
 @dataclass
-class LoopSettings:
-    """The optimisation loop."""
+class LoopSettings(LoopBase):
+    """The optimisation loop (shared fields and defaults: `LoopBase`); validation every `val_every` steps."""
 
-    steps: int = 2000
-    batch_size: int = 2
-    crop: tuple[int, int, int] = (32, 96, 96)
-    lr: float = 1e-3
-    lr_final: float = 1e-4
-    weight_decay: float = 1e-4
-    bf16: bool = True
-    seed: int = 0
-    threads: int | None = None
-    # None: no clipping (the FIB results in docs/results.md were trained so);
-    # non-finite gradients always skip the step.
-    clip_grad_norm: float | None = None
-    checkpoint_every: int = 100
     val_every: int = 500
-    max_minutes: float | None = None
-    # Validate and save an exponential moving average of the weights with
-    # this decay (tokenunify.ema) instead of the last iterate; None: off.
-    ema_decay: float | None = None
-
-    def __post_init__(self) -> None:
-        if self.ema_decay is not None and not 0.0 < self.ema_decay < 1.0:
-            raise ValueError(f"train.ema_decay must lie in (0, 1), got {self.ema_decay}")
 
 
 @dataclass

@@ -9,8 +9,6 @@ states and history it holds, so a killed run loses at most a few steps.
 
 from __future__ import annotations
 
-import math
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -20,19 +18,20 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from tokenunify.config import to_dict
 from tokenunify.data.augment import augment, required_input_shape
 from tokenunify.data.sampler import CropSampler, resolve_region
-from tokenunify.ema import WeightAverage
 from tokenunify.errors import InputError
 from tokenunify.io import open_volume
-from tokenunify.io.checkpoint import load_checkpoint, save_checkpoint
 from tokenunify.io.validate import require_labels, require_raw, require_same_shape
 from tokenunify.models.registry import build_model, count_parameters
 from tokenunify.report.plots import plot_loss_curve, preview_png
-from tokenunify.run_folder import RunFolder, cosine_lr, guarded_step, restore_rng, rng_state
+from tokenunify.training.devices import autocast, resolve_device
+from tokenunify.training.distributed import Dist, world_size
+from tokenunify.training.loop import EvalResult, StepContext, Task, run_training
+from tokenunify.training.run_folder import RunFolder
+from tokenunify.training.step import StepOutput, optimizer_step
 from tokenunify.segment.affinities import affinities_from_labels, affinity_mask, balance_weights
-from tokenunify.segment.init import load_pretrained
+from tokenunify.segment.init import format_init_report, load_pretrained
 from tokenunify.segment.pipeline import sweep_scores
 from tokenunify.segment.predict import predict_blockwise
 from tokenunify.segment.settings import TrainSettings
@@ -109,127 +108,87 @@ def weighted_bce(logits: torch.Tensor, target: torch.Tensor, weight: torch.Tenso
     return loss / weight.sum().clamp_min(1.0)
 
 
+def fine_tune_step(forward: torch.nn.Module, batch: tuple[torch.Tensor, ...], device: torch.device,
+                   bf16: bool) -> StepOutput:
+    """Forward (bf16 autocast if configured) and the balanced BCE of one batch, on `device`."""
+    raw, target, weight = (t.to(device, non_blocking=True) for t in batch)
+    with autocast(device, bf16):
+        logits = forward(raw)
+    loss = weighted_bce(logits, target, weight)
+    return StepOutput(loss, float(weight.sum().clamp_min(1.0)))
+
+
 def network_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, batch: tuple[torch.Tensor, ...],
-                 settings: TrainSettings) -> tuple[torch.Tensor, float, bool]:
-    """Forward (bf16 autocast if configured), balanced BCE, backward and a guarded optimiser step.
+                 settings: TrainSettings, device: torch.device = torch.device("cpu")) -> tuple[float, float, bool]:
+    """One single-process training step as the loop takes it: forward, loss, backward, guarded update.
 
     Returns (loss, gradient norm before clipping, whether the step was taken).
     """
-    raw, target, weight = batch
-    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=settings.train.bf16):
-        logits = model(raw)
-    loss = weighted_bce(logits, target, weight)
-    optimizer.zero_grad(set_to_none=True)
-    loss.backward()
-    grad_norm, stepped = guarded_step(model, optimizer, settings.train.clip_grad_norm)
-    return loss, grad_norm, stepped
-
-
-def learning_rate(step: int, settings: TrainSettings) -> float:
-    """Short linear warm-up, then cosine decay from lr to lr_final."""
-    loop = settings.train
-    return cosine_lr(step, loop.steps, loop.lr, loop.lr_final)
+    out = fine_tune_step(model, batch, device, settings.train.bf16)
+    return optimizer_step(model, optimizer, out, Dist(), device, settings.train.clip_grad_norm)
 
 
 def validate(model: torch.nn.Module, data: TrainData, settings: TrainSettings) -> tuple[dict[str, Any], np.ndarray, np.ndarray]:
     """Predict the validation region, run the segmentation sweep and score it."""
     assert data.val_raw is not None and data.val_gt is not None
+    was_training = model.training
     model.eval()
     affs = np.zeros((len(settings.model.offsets),) + data.val_raw.shape, dtype=np.float32)
     p = settings.predict
-    predict_blockwise(model, data.val_raw, affs, tuple(p.block), tuple(p.overlap), batch_size=p.batch_size, bf16=p.bf16, progress=False)
-    model.train()
+    device = next(model.parameters()).device
+    predict_blockwise(model, data.val_raw, affs, tuple(p.block), tuple(p.overlap), batch_size=p.batch_size,
+                      device=device, bf16=p.bf16, progress=False)
+    model.train(was_training)
     rows, best, seg = sweep_scores(affs, data.val_gt, settings.model.offsets, settings.segment)
     return {"best": best, "rows": rows}, affs, seg
 
 
-def train(settings: TrainSettings, resume: bool = False, overwrite: bool = False, progress: bool = True) -> dict[str, Any]:
-    """Train an affinity network as configured; returns a summary dict."""
+def train(settings: TrainSettings, resume: bool = False, overwrite: bool = False, progress: bool = True,
+          device: str | torch.device = "cpu") -> dict[str, Any]:
+    """Train an affinity network as configured on `device` (auto, cpu, cuda[:N]); returns a summary dict."""
+    loop = settings.train
+    dev = device if isinstance(device, torch.device) else resolve_device(device, world_size())
     run = RunFolder(Path(settings.out_dir))
     run.check(resume, overwrite)
-    if settings.train.threads:
-        torch.set_num_threads(settings.train.threads)
-    loop = settings.train
-    input_shape = required_input_shape(tuple(loop.crop), settings.augment)
-    data = open_training_data(settings, input_shape)
-
-    torch.manual_seed(loop.seed)  # before building: the initial weights come from the seed
+    data = open_training_data(settings, required_input_shape(tuple(loop.crop), settings.augment))
     spec = model_spec(settings)
-    model = build_model(spec)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=loop.lr, weight_decay=loop.weight_decay)
-    rng = np.random.default_rng(loop.seed)
-    torch.manual_seed(loop.seed)
-    step, history, val_history, best_voi = 0, [], [], math.inf
-    init_report: dict[str, Any] | None = None
-    if resume:
-        state = load_checkpoint(run.last)
-        model.load_state_dict(state.get("online_model", state["model"]))
-        optimizer.load_state_dict(state["optimizer"])
-        step, history, val_history = state["step"], state["history"], state["val_history"]
-        best_voi = state.get("best_voi", math.inf)
-        restore_rng(rng, state)
-    elif settings.init:
-        init_report = load_pretrained(model, settings.init, allow_mismatch=settings.init_allow_mismatch,
-                                      head_prefixes=HEAD_PREFIXES)
-    ema = None if loop.ema_decay is None else WeightAverage(model, loop.ema_decay)
-    if ema is not None and resume:
-        if "online_model" not in state:
-            raise InputError(run.last, "this run was trained without train.ema_decay; resume it without EMA "
-                                       "or start a new run")
-        ema.load(state["model"], state["ema_updates"])
-    evaluated = model if ema is None else ema.module
-    run.write_config(settings)
+    reports: list[dict[str, Any]] = []
 
-    def checkpoint(path: Path) -> None:
-        # "model" always holds the weights that are validated and that predict loads.
-        weights = {"model": model.state_dict()} if ema is None else {
-            "model": ema.state_dict(), "online_model": model.state_dict(), "ema_updates": ema.updates}
-        save_checkpoint(path, {
-            "model_spec": spec, **weights, "optimizer": optimizer.state_dict(), "step": step,
-            "config": to_dict(settings), "history": history, "val_history": val_history, "best_voi": best_voi,
-            **rng_state(rng),
-            "offsets": [list(o) for o in settings.model.offsets], "voxel_size": list(data.voxel_size),
-        })
+    def init(model: torch.nn.Module) -> str | None:
+        if not settings.init:
+            return None
+        reports.append(load_pretrained(model, settings.init, allow_mismatch=settings.init_allow_mismatch,
+                                       head_prefixes=HEAD_PREFIXES))
+        return format_init_report(reports[-1])
 
-    started = time.monotonic()
-    bar = tqdm(total=loop.steps, initial=step, disable=not progress, desc="train", unit="step", dynamic_ncols=True)
-    model.train()
-    while step < loop.steps:
-        if loop.max_minutes is not None and time.monotonic() - started > 60 * loop.max_minutes:
-            tqdm.write(f"time limit of {loop.max_minutes} min reached at step {step}")
-            break
-        tick = time.monotonic()
-        for group in optimizer.param_groups:
-            group["lr"] = learning_rate(step, settings)
-        loss, grad_norm, stepped = network_step(model, optimizer, make_batch(data, settings, rng), settings)
-        if ema is not None and stepped:
-            ema.update(model)
-        step += 1
-        history.append({"step": step, "loss": float(loss.detach()), "lr": optimizer.param_groups[0]["lr"],
-                        "seconds": time.monotonic() - tick, "grad_norm": grad_norm, "skipped": not stepped})
-        bar.update(1)
-        bar.set_postfix(loss=f"{history[-1]['loss']:.4f}")
-        if step % loop.checkpoint_every == 0 or step == loop.steps:
-            checkpoint(run.last)
-        if data.val_raw is not None and (step % loop.val_every == 0 or step == loop.steps):
-            report, affs, seg = validate(evaluated, data, settings)
-            best = report["best"]
-            val_history.append({"step": step, **best})
-            tqdm.write(f"step {step}: val VOI {best['voi']:.3f} (split {best['voi_split']:.3f}, merge {best['voi_merge']:.3f}), ARAND {best['arand']:.3f} at threshold {best['threshold']}")
-            if best["voi"] < best_voi:
-                best_voi = best["voi"]
-                checkpoint(run.best)
-                preview_png(run.file("val_preview.png"), data.val_raw, affs, seg, data.val_gt, title=f"validation, step {step}")
-            checkpoint(run.last)
-    bar.close()
-    checkpoint(run.last)
-    run.write_metrics(history + [{"val": v} for v in val_history])
-    plot_loss_curve([h["step"] for h in history], [h["loss"] for h in history], run.file("loss.png"), val_history)
+    def step(ctx: StepContext) -> StepOutput:
+        return fine_tune_step(ctx.forward, make_batch(data, settings, ctx.rng.numpy), ctx.device, loop.bf16)
+
+    def evaluate(model: torch.nn.Module, at: int, history: list[dict[str, Any]]) -> EvalResult:
+        report, affs, seg = validate(model, data, settings)
+        best = report["best"]
+        tqdm.write(f"step {at}: val VOI {best['voi']:.3f} (split {best['voi_split']:.3f}, merge {best['voi_merge']:.3f}), "
+                   f"ARAND {best['arand']:.3f} at threshold {best['threshold']}")
+        on_best = lambda: preview_png(run.file("val_preview.png"), data.val_raw, affs, seg, data.val_gt,  # noqa: E731
+                                      title=f"validation, step {at}")
+        return EvalResult(best, best["voi"], on_best)
+
+    def finish(history: list[dict[str, Any]], evals: list[dict[str, Any]]) -> None:
+        rows = [{k: v for k, v in e.items() if k != "score"} for e in evals]
+        plot_loss_curve([h["step"] for h in history], [h["loss"] for h in history], run.file("loss.png"), rows)
+
+    task = Task(kind="train", step=step, evaluate=evaluate if data.val_raw is not None else None,
+                eval_every=loop.val_every, init=init, finish=finish,
+                extra=lambda history: {"offsets": [list(o) for o in settings.model.offsets],
+                                       "voxel_size": list(data.voxel_size)})
+    result = run_training(settings, loop, spec, lambda: build_model(spec), task, settings.out_dir, dev,
+                          resume=resume, overwrite=overwrite, progress=progress)
+    history, evals = result.history, result.eval_history
     return {
-        "out_dir": str(run.root), "steps": step, "parameters": count_parameters(model),
+        "out_dir": str(run.root), "steps": result.steps, "parameters": count_parameters(result.model),
         "final_loss": float(np.mean([h["loss"] for h in history[-20:]])) if history else None,
-        "best_val": min(val_history, key=lambda v: v["voi"]) if val_history else None,
-        "minutes": (time.monotonic() - started) / 60, "init": init_report,
-        "skipped_steps": sum(1 for h in history if h.get("skipped")),
-        "checkpoint": str(run.best if run.best.exists() else run.last),
+        "best_val": min(evals, key=lambda v: v["voi"]) if evals else None,
+        "minutes": result.minutes, "init": reports[-1] if reports else None,
+        "skipped_steps": result.skipped_steps, "world_size": result.world_size, "device": str(dev),
+        "checkpoint": str(result.checkpoint),
     }

@@ -31,7 +31,7 @@ from tqdm import tqdm
 from tokenunify.config import to_dict
 from tokenunify.errors import OutputError, TokenUnifyError
 from tokenunify.pretrain.loop import pretrain
-from tokenunify.run_folder import RunFolder
+from tokenunify.training.run_folder import RunFolder
 from tokenunify.segment.train import train
 from tokenunify.study.plan import Stage
 

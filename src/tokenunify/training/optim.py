@@ -1,0 +1,80 @@
+"""AdamW with weight decay only where it regularises: matrices and kernels.
+
+Norm scales and shifts, biases, Mamba's `A_log` (the log of the state
+decay rates) and `D` (the skip gain), the mask token, the Perceiver's
+latents and query and positional embeddings are not shrunk towards zero:
+decaying them changes what the network computes (decay rates, offsets, a
+learned input) rather than limiting its capacity. Mamba's and MAE's
+reference training exclude the same tensors.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import torch
+from torch import nn
+
+__all__ = ["build_optimizer", "no_decay", "parameter_groups"]
+
+# Names (last component) of tensors that are never decayed, whatever their shape.
+_NO_DECAY_NAMES = {"A_log", "D", "mask_token", "latents", "query"}
+_NO_DECAY_PARTS = ("pos_embed", "position")
+
+
+def no_decay(name: str, param: torch.Tensor) -> bool:
+    """Whether the parameter `name` is excluded from weight decay."""
+    leaf = name.rsplit(".", 1)[-1]
+    return param.ndim <= 1 or leaf in _NO_DECAY_NAMES or any(part in name for part in _NO_DECAY_PARTS)
+
+
+def parameter_groups(model: nn.Module, weight_decay: float) -> list[dict]:
+    """Two AdamW groups: `decay` (weight_decay) and `no_decay` (0), each with its parameter names."""
+    decay, keep = [], []
+    for name, param in model.named_parameters():
+        if param.requires_grad:
+            (keep if no_decay(name, param) else decay).append((name, param))
+    return [
+        {"params": [p for _, p in decay], "names": [n for n, _ in decay], "weight_decay": weight_decay},
+        {"params": [p for _, p in keep], "names": [n for n, _ in keep], "weight_decay": 0.0},
+    ]
+
+
+def build_optimizer(model: nn.Module, lr: float, weight_decay: float) -> torch.optim.Optimizer:
+    """AdamW over `parameter_groups`; the learning rate is set again every step by the loop."""
+    return torch.optim.AdamW(_strip_names(parameter_groups(model, weight_decay)), lr=lr)
+
+
+def _strip_names(groups: Iterable[dict]) -> list[dict]:
+    # The names stay out of the optimizer so its state_dict holds only numbers.
+    return [{k: v for k, v in g.items() if k != "names"} for g in groups]
+
+
+def load_optimizer_state(optimizer: torch.optim.Optimizer, model: nn.Module, state: dict) -> None:
+    """Restore an optimizer saved by `build_optimizer`, or by the one-group AdamW of earlier versions.
+
+    An earlier checkpoint holds one group in `model.parameters()` order; its
+    per-parameter state is moved to the same parameters in today's groups,
+    so such a run resumes (with today's decay grouping from then on).
+    """
+    groups = state["param_groups"]
+    if len(groups) == 1 and len(optimizer.param_groups) > 1:
+        flat = [p for p in model.parameters() if p.requires_grad]
+        position = {id(p): i for i, p in enumerate(flat)}
+        new_order = [position[id(p)] for g in optimizer.param_groups for p in g["params"]]
+        old_state = state["state"]
+        state = {
+            "state": {new: old_state[old] for new, old in enumerate(new_order) if old in old_state},
+            "param_groups": [{**groups[0], "weight_decay": g["weight_decay"],
+                              "params": list(range(start, start + len(g["params"])))}
+                             for g, start in zip(optimizer.param_groups, _starts(optimizer.param_groups))],
+        }
+    optimizer.load_state_dict(state)
+
+
+def _starts(groups: list[dict]) -> list[int]:
+    starts, total = [], 0
+    for g in groups:
+        starts.append(total)
+        total += len(g["params"])
+    return starts

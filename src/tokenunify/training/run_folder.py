@@ -1,0 +1,60 @@
+"""The run folder: `config.yaml`, `checkpoints/last.pt` (rewritten atomically), `metrics.jsonl` and the PNGs.
+
+An existing run is never started over unless asked to (`overwrite`), and
+`resume` needs a checkpoint to resume from.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from tokenunify.config import to_dict
+from tokenunify.errors import InputError, OutputError
+
+
+@dataclass
+class RunFolder:
+    """Paths of one run."""
+
+    root: Path
+
+    @property
+    def last(self) -> Path:
+        return self.root / "checkpoints" / "last.pt"
+
+    @property
+    def best(self) -> Path:
+        return self.root / "checkpoints" / "best.pt"
+
+    @property
+    def metrics(self) -> Path:
+        return self.root / "metrics.jsonl"
+
+    def file(self, name: str) -> Path:
+        """Any other file of the run, e.g. `loss.png`."""
+        return self.root / name
+
+    def check(self, resume: bool, overwrite: bool) -> None:
+        """Refuse to clobber a run, or to resume one that has no checkpoint."""
+        if self.last.exists() and not (resume or overwrite):
+            raise OutputError(self.root, "already holds a run; pass --resume to continue it or --overwrite to start again")
+        if resume and not self.last.exists():
+            raise InputError(self.last, "nothing to resume: no checkpoint in this run folder")
+
+    def write_config(self, settings: Any) -> None:
+        """Record the full, resolved config next to the checkpoints."""
+        self.root.mkdir(parents=True, exist_ok=True)
+        staging = self.file(".config.yaml.tmp")
+        staging.write_text(yaml.safe_dump(to_dict(settings), sort_keys=False))
+        staging.replace(self.file("config.yaml"))
+
+    def write_metrics(self, rows: list[dict[str, Any]]) -> None:
+        """Rewrite `metrics.jsonl` from the history (atomically, so resumes never duplicate rows)."""
+        staging = self.metrics.with_name(f".{self.metrics.name}.tmp")
+        staging.write_text("".join(json.dumps(row, default=float) + "\n" for row in rows))
+        staging.replace(self.metrics)
