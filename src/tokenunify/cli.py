@@ -21,6 +21,7 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, rich_markup_mode=N
                   help="Self-supervised pretraining and neuron segmentation of 3D EM volumes.")
 
 CONFIG_HELP = "YAML config; later KEY=VALUE arguments override it (e.g. train.steps=500)."
+DEVICE_HELP = "auto (CUDA where present), cpu, cuda or cuda:N. Under torchrun each rank takes its local GPU."
 
 
 def _triple(values: Optional[List[int]], name: str) -> Optional[tuple[int, int, int]]:
@@ -40,6 +41,7 @@ def train(
     init: Optional[Path] = typer.Option(None, help="Initialise the network from this checkpoint (fine-tuning)."),
     allow_mismatch: bool = typer.Option(False, help="With --init: skip (not fail on) tensors whose shapes differ."),
     progress: bool = typer.Option(True, help="Show a progress bar."),
+    device: str = typer.Option("auto", help=DEVICE_HELP),
 ) -> None:
     """Train an affinity network on labelled EM (checkpoints, validation VOI/ARAND, loss PNG)."""
     from tokenunify.config import apply_overrides, from_dict, load_yaml
@@ -52,13 +54,10 @@ def train(
     if allow_mismatch:
         raw["init_allow_mismatch"] = True
     settings = from_dict(TrainSettings, raw, str(config))
-    summary = run_train(settings, resume=resume, overwrite=overwrite, progress=progress)
-    typer.echo(json.dumps({k: v for k, v in summary.items() if k != "init"}, indent=2, default=str))
-    if summary.get("init"):
-        report = summary["init"]
-        typer.echo(f"initialised from {report['checkpoint']}: {len(report['loaded'])} tensors loaded, "
-                   f"{len(report['fresh'])} fresh ({', '.join(report['fresh']) or 'none'}), "
-                   f"{len(report['unused'])} checkpoint tensors unused")
+    summary = run_train(settings, resume=resume, overwrite=overwrite, progress=progress, device=device)
+    # the init report was printed before the first step; every rank but 0 stays quiet
+    if _is_main_rank():
+        typer.echo(json.dumps({k: v for k, v in summary.items() if k != "init"}, indent=2, default=str))
 
 
 @app.command(epilog="Example: tokenunify study -c configs/study_fib.yaml (add --quick for the 10-minute smoke run)")
@@ -68,11 +67,12 @@ def study(
     quick: bool = typer.Option(False, help="Apply the config's `quick` overrides: every stage, tiny budgets."),
     report_only: bool = typer.Option(False, help="Rebuild the report from finished stages; run nothing."),
     progress: bool = typer.Option(True, help="Show progress bars."),
+    device: str = typer.Option("auto", help=DEVICE_HELP),
 ) -> None:
     """Scratch vs MAE vs autoregressive vs TokenUnify: pretrain, fine-tune, segment, score, report (resumable)."""
     from tokenunify.study.run_study import study as run_study
 
-    report = run_study(config, list(overrides or []), quick=quick, report_only=report_only, progress=progress)
+    report = run_study(config, list(overrides or []), quick=quick, report_only=report_only, progress=progress, device=device)
     meta = report["meta"]
     typer.echo(f"{meta['stages_finished']}/{meta['stages_planned']} stages finished; "
                f"report: {Path(meta['config']['report_dir']) / 'results.md'}")
@@ -87,6 +87,7 @@ def pretrain(
     resume: bool = typer.Option(False, help="Continue the run in out_dir from its last checkpoint."),
     overwrite: bool = typer.Option(False, help="Start again even if out_dir holds a run."),
     progress: bool = typer.Option(True, help="Show a progress bar (loss, tokens/s)."),
+    device: str = typer.Option("auto", help=DEVICE_HELP),
 ) -> None:
     """Token-prediction pretraining (random / next / next-all / TokenUnify) on unlabelled EM."""
     from tokenunify.config import apply_overrides, from_dict, load_yaml
@@ -94,8 +95,9 @@ def pretrain(
     from tokenunify.pretrain.settings import PretrainSettings
 
     settings = from_dict(PretrainSettings, apply_overrides(load_yaml(config), list(overrides or [])), str(config))
-    summary = run_pretrain(settings, resume=resume, overwrite=overwrite, progress=progress)
-    typer.echo(json.dumps(summary, indent=2, default=str))
+    summary = run_pretrain(settings, resume=resume, overwrite=overwrite, progress=progress, device=device)
+    if _is_main_rank():
+        typer.echo(json.dumps(summary, indent=2, default=str))
 
 
 @app.command(epilog="Example: tokenunify models")
@@ -117,14 +119,15 @@ def predict(
     output: str = typer.Option(..., "--output", "-o", help="Affinities to write, PATH:DATASET (zarr recommended)."),
     block: Optional[List[int]] = typer.Option(None, help="Block shape z y x (default: from the checkpoint's config)."),
     overlap: Optional[List[int]] = typer.Option(None, help="Overlap between blocks z y x."),
-    bf16: Optional[bool] = typer.Option(None, "--bf16/--fp32", help="bf16 autocast on the CPU."),
+    bf16: Optional[bool] = typer.Option(None, "--bf16/--fp32", help="bf16 autocast (on the chosen device)."),
     overwrite: bool = typer.Option(False, help="Replace an existing output."),
     progress: bool = typer.Option(True, help="Show a progress bar."),
+    device: str = typer.Option("auto", help="auto (CUDA where present), cpu, cuda or cuda:N."),
 ) -> None:
     """Predict affinities blockwise over a volume of any size (Gaussian-blended overlaps, output to zarr)."""
     from tokenunify.segment.run_predict import predict_volume
 
-    result = predict_volume(model, input, output, _triple(block, "--block"), _triple(overlap, "--overlap"), bf16, overwrite, progress)
+    result = predict_volume(model, input, output, _triple(block, "--block"), _triple(overlap, "--overlap"), bf16, overwrite, progress, device)
     typer.echo(f"wrote {output} {tuple(result['shape'])} in {result['seconds']:.1f} s ({result['voxels_per_second']:.0f} voxels/s)")
 
 
@@ -225,13 +228,23 @@ def demo(
     run_demo(out, steps=steps, overwrite=overwrite, progress=progress)
 
 
+def _is_main_rank() -> bool:
+    import os
+
+    return os.environ.get("RANK", "0") == "0"
+
+
 def main() -> None:
     """Console entry point: user errors become one line on stderr and exit status 2."""
     tune_runtime()
     try:
         app(standalone_mode=False)
     except TokenUnifyError as err:
-        typer.echo(f"error: {err}", err=True)
+        import os
+
+        # under torchrun every rank may fail the same way; say which one spoke
+        rank = f"rank {os.environ['RANK']}: " if int(os.environ.get("WORLD_SIZE", "1")) > 1 else ""
+        typer.echo(f"error: {rank}{err}", err=True)
         sys.exit(2)
     except (typer.Abort, KeyboardInterrupt):
         typer.echo("aborted", err=True)

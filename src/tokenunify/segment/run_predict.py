@@ -15,13 +15,15 @@ from tokenunify.io.validate import require_raw
 from tokenunify.models.registry import build_model
 from tokenunify.segment.predict import predict_blockwise
 from tokenunify.segment.settings import NEAREST
+from tokenunify.training.devices import resolve_device
 
 
-def load_model(checkpoint: str | Path) -> tuple[torch.nn.Module, dict[str, Any]]:
-    """Rebuild the network stored in a checkpoint, in eval mode, with its metadata."""
-    state = load_checkpoint(checkpoint)
+def load_model(checkpoint: str | Path, device: str | torch.device = "cpu") -> tuple[torch.nn.Module, dict[str, Any]]:
+    """Rebuild the network stored in a checkpoint on `device`, in eval mode, with its metadata."""
+    state = load_checkpoint(checkpoint, map_location="cpu")
     model = build_model(state["model_spec"])
     model.load_state_dict(state["model"])
+    model.to(device)
     model.eval()
     return model, state
 
@@ -35,6 +37,7 @@ def predict_volume(
     bf16: bool | None = None,
     overwrite: bool = False,
     progress: bool = True,
+    device: str | torch.device = "auto",
 ) -> dict[str, Any]:
     """Predict affinities for every voxel of `input_spec` into `output_spec` (float32, C,z,y,x).
 
@@ -44,7 +47,8 @@ def predict_volume(
     check_output(output_spec, overwrite)
     raw = open_volume(input_spec)
     require_raw(raw)
-    model, state = load_model(checkpoint)
+    dev = device if isinstance(device, torch.device) else resolve_device(device)
+    model, state = load_model(checkpoint, dev)
     predict_cfg = state.get("config", {}).get("predict", {})
     block = tuple(block or predict_cfg.get("block", (48, 128, 128)))
     overlap = tuple(overlap or predict_cfg.get("overlap", (8, 24, 24)))
@@ -54,7 +58,8 @@ def predict_volume(
     started = time.monotonic()
     attrs = {"offsets": offsets, "model": str(checkpoint), "convention": "1 = same non-zero label (waterz/gunpowder)"}
     with create_volume(output_spec, shape, np.float32, raw.voxel_size, chunks=(1, 32, 128, 128), overwrite=overwrite, attrs=attrs) as out:
-        predict_blockwise(model, raw, out, block, overlap, bf16=bf16, progress=progress)
+        predict_blockwise(model, raw, out, block, overlap, device=dev, bf16=bf16, progress=progress)
     seconds = time.monotonic() - started
     voxels = int(np.prod(raw.shape))
-    return {"output": output_spec, "shape": list(shape), "seconds": seconds, "voxels_per_second": voxels / max(seconds, 1e-9), "offsets": offsets}
+    return {"output": output_spec, "shape": list(shape), "seconds": seconds, "voxels_per_second": voxels / max(seconds, 1e-9), "offsets": offsets,
+            "device": str(dev)}

@@ -51,8 +51,8 @@ def _log_invocation(root: Path, record: dict[str, Any]) -> list[dict[str, Any]]:
 
 
 def study(config: Path, overrides: list[str], quick: bool = False, report_only: bool = False,
-          progress: bool = True) -> dict[str, Any]:
-    """Run (or resume) the study of `config` and write its report; returns the report."""
+          progress: bool = True, device: str = "auto") -> dict[str, Any]:
+    """Run (or resume) the study of `config` on `device` and write its report; returns the report."""
     started = time.monotonic()
     # the code that runs the stages is the code checked out now, not at the end
     commit_at_start = git_commit()
@@ -67,7 +67,7 @@ def study(config: Path, overrides: list[str], quick: bool = False, report_only: 
     if report_only:
         results = [r for r in (read_result(root, s) for s in stages) if r is not None]
     else:
-        results = run_study(root, stages, progress=progress, workers=settings.workers)
+        results = run_study(root, stages, progress=progress, workers=settings.workers, device=device)
     records = _log_invocation(root, {"event": "end", "minutes": (time.monotonic() - started) / 60,
                                      "report_only": report_only, "quick": quick, "commit": commit_at_start})
     invocations = [r for r in records if "minutes" in r]

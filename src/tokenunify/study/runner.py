@@ -76,17 +76,17 @@ def _finetune_result(summary: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def run_stage(root: Path, stage: Stage, progress: bool) -> dict[str, Any]:
-    """Run (or resume) one stage and write its result.json atomically."""
+def run_stage(root: Path, stage: Stage, progress: bool, device: str = "auto") -> dict[str, Any]:
+    """Run (or resume) one stage on `device` and write its result.json atomically."""
     folder = RunFolder(root / stage.key)
     resume = folder.last.exists()
     started = time.monotonic()
     if stage.kind == "pretrain":
-        summary = pretrain(stage.settings, resume=resume, progress=progress)  # type: ignore[arg-type]
+        summary = pretrain(stage.settings, resume=resume, progress=progress, device=device)  # type: ignore[arg-type]
         body: dict[str, Any] = {"tokens_seen": summary["tokens_seen"], "loss_by_objective": summary["loss_by_objective"],
                                 "skipped_steps": summary["skipped_steps"], "checkpoint": summary["checkpoint"]}
     else:
-        summary = train(stage.settings, resume=resume, progress=progress)  # type: ignore[arg-type]
+        summary = train(stage.settings, resume=resume, progress=progress, device=device)  # type: ignore[arg-type]
         summary["val_history"] = _val_history(folder)
         body = _finetune_result(summary)
     result = {"key": stage.key, "kind": stage.kind, "arm": stage.arm, "preset": stage.preset, "seed": stage.seed,
@@ -106,17 +106,17 @@ def _val_history(folder: RunFolder) -> list[dict[str, Any]]:
 
 
 def run_study(root: Path, stages: list[Stage], progress: bool = True,
-              log: Callable[[str], None] = tqdm.write, workers: int = 1) -> list[dict[str, Any]]:
-    """Run every unfinished stage, `workers` at a time; returns the results of all stages in plan order."""
+              log: Callable[[str], None] = tqdm.write, workers: int = 1, device: str = "auto") -> list[dict[str, Any]]:
+    """Run every unfinished stage, `workers` at a time, on `device`; returns the results of all stages in plan order."""
     results, pending = _finished_and_pending(root, stages, log)
     if workers > 1:
-        _run_parallel(root, stages, results, pending, workers, log)
+        _run_parallel(root, stages, results, pending, workers, log, device)
         return [results[s.key] for s in stages]
     for stage in pending:
         if stage.needs is not None and stage.needs not in results:
             raise RuntimeError(f"{stage.key} needs {stage.needs}, which has not finished")
         log(f"{_label(stages, stage)}: running")
-        results[stage.key] = run_stage(root, stage, progress)
+        results[stage.key] = run_stage(root, stage, progress, device)
     return [results[s.key] for s in stages]
 
 
@@ -148,7 +148,7 @@ class StageFailed(RuntimeError):
 
 
 def _run_parallel(root: Path, stages: list[Stage], results: dict[str, dict[str, Any]], pending: list[Stage],
-                  workers: int, log: Callable[[str], None]) -> None:
+                  workers: int, log: Callable[[str], None], device: str = "auto") -> None:
     """Run `pending` in worker processes, adding each result to `results` as it finishes."""
     threads = max(1, torch.get_num_threads() // workers)
     running: dict[Future[dict[str, Any]], Stage] = {}
@@ -162,7 +162,7 @@ def _run_parallel(root: Path, stages: list[Stage], results: dict[str, dict[str, 
             for stage in ready[: workers - len(running)] if not failures else []:
                 pending.remove(stage)
                 log(f"{_label(stages, stage)}: running ({threads} thread(s) in a worker)")
-                running[pool.submit(run_stage, root, stage, False)] = stage
+                running[pool.submit(run_stage, root, stage, False, device)] = stage
             if not running:
                 break
             finished, _ = wait(running, return_when=FIRST_COMPLETED)
