@@ -41,3 +41,16 @@ def run_cli(capsys, monkeypatch):
         return code, captured.out, captured.err
 
     return run
+
+
+@pytest.fixture(scope="session")
+def small_labelled_volume(tmp_path_factory) -> Path:
+    """An anisotropic synthetic volume (8 x 64 x 64, 40 x 8 x 8 nm) with `raw` and `labels` in one HDF5 file."""
+    from tokenunify.data.synthetic import make_synthetic_volume
+    from tokenunify.io import write_volume
+
+    folder = tmp_path_factory.mktemp("labelled")
+    vol = make_synthetic_volume((8, 64, 64), (40, 8, 8), seed=4)
+    write_volume(f"{folder}/d.h5:raw", vol.raw, vol.voxel_size)
+    write_volume(f"{folder}/d.h5:labels", vol.labels, vol.voxel_size)
+    return folder / "d.h5"

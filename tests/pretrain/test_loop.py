@@ -78,7 +78,7 @@ def test_config_errors(volumes, tmp_path):
         pretrain(bad, progress=False)
 
 
-def test_fine_tune_from_pretrained(volumes, tmp_path, run_cli):
+def test_fine_tune_from_pretrained(volumes, tmp_path, capsys, monkeypatch):
     pretrain(settings(volumes, tmp_path / "pre", steps=2), progress=False)
     fine = from_dict(TrainSettings, {
         "data": {"raw": f"{volumes}/a.h5:raw", "labels": f"{volumes}/a.h5:labels", "train_z": [0, 16]},
@@ -88,11 +88,36 @@ def test_fine_tune_from_pretrained(volumes, tmp_path, run_cli):
         "init": str(tmp_path / "pre" / "checkpoints" / "last.pt"),
         "out_dir": str(tmp_path / "fine"),
     })
+    from tokenunify.segment import train as train_module
+
+    printed_before_first_step = []
+    real_make_batch = train_module.make_batch
+
+    def first_batch(*args, **kwargs):
+        if not printed_before_first_step:
+            printed_before_first_step.append(capsys.readouterr().out)
+        return real_make_batch(*args, **kwargs)
+
+    monkeypatch.setattr(train_module, "make_batch", first_batch)
     summary = train(fine, progress=False)
+    assert "initialised from" in printed_before_first_step[0] and "head re-initialised" in printed_before_first_step[0]
     report = summary["init"]
     assert len(report["loaded"]) > 50
     assert report["fresh"] == ["decoder.head.bias", "decoder.head.weight"]
     assert {"mask_token"} <= set(report["unused"])
+    # the fine-tuned run started from the pretrained encoder: its step-0 weights are the checkpoint's
     pre = load_checkpoint(tmp_path / "pre" / "checkpoints" / "last.pt")["model"]
-    first = next(name for name in report["loaded"] if name.startswith("encoder."))
-    assert first in pre
+    from tokenunify.models.registry import build_model
+    from tokenunify.segment.init import load_pretrained
+    from tokenunify.segment.train import HEAD_PREFIXES, model_spec
+
+    fresh = build_model(model_spec(fine))
+    load_pretrained(fresh, fine.init, head_prefixes=HEAD_PREFIXES, offsets=fine.model.offsets)
+    encoder = [n for n in report["loaded"] if n.startswith("encoder.")]
+    assert len(encoder) > 40
+    for name in encoder:
+        assert torch.equal(fresh.state_dict()[name], pre[name]), name
+    # and differs from a network built from scratch with the same seed
+    torch.manual_seed(0)
+    scratch = build_model(model_spec(fine)).state_dict()
+    assert any(not torch.equal(scratch[n], pre[n]) for n in encoder if scratch[n].is_floating_point())

@@ -7,9 +7,7 @@ import pytest
 import torch
 
 from tokenunify.config import from_dict
-from tokenunify.data.synthetic import make_synthetic_volume
 from tokenunify.errors import ConfigError, InputError, OutputError
-from tokenunify.io import write_volume
 from tokenunify.io.checkpoint import load_checkpoint, save_checkpoint
 from tokenunify.models.registry import build_model
 from tokenunify.segment.init import load_pretrained
@@ -17,13 +15,9 @@ from tokenunify.segment.settings import TrainSettings
 from tokenunify.segment.train import model_spec, train
 
 
-@pytest.fixture(scope="module")
-def volume(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("data")
-    vol = make_synthetic_volume((8, 64, 64), (40, 8, 8), seed=4)
-    write_volume(f"{folder}/d.h5:raw", vol.raw, vol.voxel_size)
-    write_volume(f"{folder}/d.h5:labels", vol.labels, vol.voxel_size)
-    return folder / "d.h5"
+@pytest.fixture
+def volume(small_labelled_volume):
+    return small_labelled_volume
 
 
 def tiny_settings(volume, out_dir, steps=4, **train) -> TrainSettings:

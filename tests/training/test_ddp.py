@@ -14,8 +14,6 @@ import pytest
 import torch
 import yaml
 
-from tokenunify.data.synthetic import make_synthetic_volume
-from tokenunify.io import write_volume
 from tokenunify.io.checkpoint import load_checkpoint
 
 HERE = Path(__file__).parent
@@ -44,11 +42,8 @@ def test_two_ranks_on_half_batches_equal_one_process_on_the_whole(tmp_path):
 
 
 @pytest.fixture
-def config(tmp_path) -> Path:
-    vol = make_synthetic_volume((8, 64, 64), (40, 8, 8), seed=4)
-    data = tmp_path / "d.h5"
-    write_volume(f"{data}:raw", vol.raw, vol.voxel_size)
-    write_volume(f"{data}:labels", vol.labels, vol.voxel_size)
+def config(tmp_path, small_labelled_volume) -> Path:
+    data = small_labelled_volume
     cfg = {
         "data": {"raw": f"{data}:raw", "labels": f"{data}:labels", "train_z": [0, 6], "val_z": [6, 8]},
         "model": {"width": [4, 8], "anisotropic": True, "offsets": [[-1, 0, 0], [0, -1, 0], [0, 0, -1]]},
@@ -87,3 +82,23 @@ def test_two_rank_run_killed_and_resumed_matches_an_unbroken_one(config, tmp_pat
     single = subprocess.run([sys.executable, "-m", "tokenunify", *map(str, common), f"out_dir={tmp_path / 'b'}",
                              "--resume", "train.steps=4"], capture_output=True, text=True, timeout=240)
     assert single.returncode == 2 and "nproc_per_node 2" in single.stderr, single.stderr
+
+
+def test_two_rank_pretraining_sums_tokens_and_writes_once(config, tmp_path):
+    data = yaml.safe_load(config.read_text())["data"]["raw"]
+    cfg = {"data": {"volumes": [data]}, "model": {"preset": "tiny", "mixer": "vit"},
+           "train": {"steps": 2, "batch_size": 1, "crop": [16, 32, 32], "bf16": False, "checkpoint_every": 1,
+                     "preview_every": 1},
+           "schedule": {"kind": "staged", "objectives": ["random", "next"], "shares": [0.5, 0.5]},
+           "augment": {"rotate_prob": 0.0, "elastic_prob": 0.0, "isotropic": True}}
+    path = tmp_path / "pre.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    run = torchrun("-m", "tokenunify", "pretrain", "-c", path, "--no-progress", "--device", "cpu",
+                   f"out_dir={tmp_path / 'pre'}")
+    assert run.returncode == 0, run.stderr[-3000:]
+    state = load_checkpoint(tmp_path / "pre" / "checkpoints" / "last.pt")
+    assert state["world_size"] == 2 and [h["objective"] for h in state["history"]] == ["random", "next"]
+    # tokens are summed over ranks: 2 ranks x 1 crop x 32 tokens per step
+    assert state["tokens_seen"] == 2 * 2 * 32
+    assert run.stdout.count('"tokens_seen"') == 1  # only rank 0 prints the summary
+    assert (tmp_path / "pre" / "preview_next.png").exists()

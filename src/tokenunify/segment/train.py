@@ -158,7 +158,7 @@ def train(settings: TrainSettings, resume: bool = False, overwrite: bool = False
         if not settings.init:
             return None
         reports.append(load_pretrained(model, settings.init, allow_mismatch=settings.init_allow_mismatch,
-                                       head_prefixes=HEAD_PREFIXES))
+                                       head_prefixes=HEAD_PREFIXES, offsets=settings.model.offsets))
         return format_init_report(reports[-1])
 
     def step(ctx: StepContext) -> StepOutput:
