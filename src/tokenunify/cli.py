@@ -39,7 +39,7 @@ def train(
     resume: bool = typer.Option(False, help="Continue the run in out_dir from its last checkpoint."),
     overwrite: bool = typer.Option(False, help="Start again even if out_dir holds a run."),
     init: Optional[Path] = typer.Option(None, help="Initialise the network from this checkpoint (fine-tuning)."),
-    allow_mismatch: bool = typer.Option(False, help="With --init: skip (not fail on) tensors whose shapes differ."),
+    allow_mismatch: bool = typer.Option(False, help="With --init: keep tensors outside the task head that are missing from the checkpoint or differ in shape at their fresh initialisation instead of failing."),
     progress: bool = typer.Option(True, help="Show a progress bar."),
     device: str = typer.Option("auto", help=DEVICE_HELP),
 ) -> None:

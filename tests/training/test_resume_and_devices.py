@@ -81,3 +81,22 @@ def test_one_step_on_cuda_matches_the_cpu(mixer):
     for name, grad in cpu_grads.items():
         scale = float(grad.abs().max()) + 1e-12
         assert float((grad - gpu_grads[name]).abs().max()) / scale < 2e-3, name
+
+
+def test_rng_states_of_earlier_checkpoints_resume_as_rank_0(tmp_path):
+    import numpy as np
+
+    from tokenunify.errors import InputError
+    from tokenunify.training.rng import Rngs, rank_states
+
+    rng = np.random.default_rng(5)
+    rng.random(3)
+    legacy = {"numpy_rng": rng.bit_generator.state, "torch_rng": torch.get_rng_state(),
+              "mask_rng": torch.Generator().manual_seed(9).get_state()}
+    (state,) = rank_states(legacy, tmp_path / "old.pt", 1)
+    restored = Rngs.seeded(0)
+    restored.restore(state)
+    assert restored.numpy.random() == rng.random()
+    assert torch.equal(restored.generator.get_state(), torch.Generator().manual_seed(9).get_state())
+    with pytest.raises(InputError, match="nproc_per_node 1"):
+        rank_states(legacy, tmp_path / "old.pt", 2)
