@@ -3,8 +3,10 @@
 The crops come from a region no pretraining run saw (default: the validation
 part z 120-159 of the labelled FIB cube); masks and crops are seeded, so every
 checkpoint is scored on exactly the same targets. Baselines: predicting 0.5
-everywhere, and predicting each sample's mean over its *visible* tokens (the
-best a network that learned only brightness can do).
+everywhere, and predicting each sample's mean over what the model may see
+(the visible tokens; for next-token prediction every token before the
+target): the best a network that learned only brightness can do. Every
+checkpoint is scored on every task; tasks outside its schedule are bracketed.
 
     python benchmarks/pretrain_heldout.py runs/pretrain_random/checkpoints/last.pt [more checkpoints]
         [--volume PATH:DATASET] [--batches 8]
@@ -32,13 +34,25 @@ NO_AUGMENT = AugmentConfig(isotropic=True, flip_prob=0.0, transpose_prob=0.0, ro
                            missing_section_prob=0.0, misalignment_prob=0.0)
 
 
-def baselines(x: torch.Tensor, visible: torch.Tensor, target: torch.Tensor, patch: tuple[int, int, int]) -> tuple[float, float]:
-    """(MSE of 0.5, MSE of the per-sample visible mean) over the target tokens."""
+def baselines(x: torch.Tensor, visible: torch.Tensor, target: torch.Tensor, patch: tuple[int, int, int],
+              causal: bool) -> tuple[float, float]:
+    """(MSE of 0.5, MSE of the mean of what the model may see) over the target tokens.
+
+    For the dense objectives that is the mean of the visible tokens; for
+    next-token prediction (`causal`) the mean of every token before the
+    target, since the causal head sees the tokens after the prefix too.
+    """
     tokens = patchify(x, patch)
     w = target.float()
-    vis_mean = (tokens.mean(-1) * visible).sum(1) / visible.sum(1)
+    brightness = tokens.mean(-1)  # (B, K)
+    if causal:
+        before = torch.cumsum(brightness, 1) - brightness
+        seen = torch.arange(tokens.shape[1]).clamp_min(1).float()[None]
+        guess = (before / seen)[..., None]
+    else:
+        guess = ((brightness * visible).sum(1) / visible.sum(1))[:, None, None]
     mse_half = (((tokens - 0.5) ** 2).mean(-1) * w).sum() / w.sum()
-    mse_vis = (((tokens - vis_mean[:, None, None]) ** 2).mean(-1) * w).sum() / w.sum()
+    mse_vis = (((tokens - guess) ** 2).mean(-1) * w).sum() / w.sum()
     return float(mse_half), float(mse_vis)
 
 
@@ -51,8 +65,7 @@ def score(model: torch.nn.Module, crops: list[torch.Tensor], objective: str, sam
     for i, x in enumerate(crops):
         out = objective_loss(model, x, sampler, torch.Generator().manual_seed(1000 + i), normalize=False)
         losses.append(float(out.loss))
-        # for `next` the target mask is already the single token the head predicts
-        h, v = baselines(x, out.masks.visible, out.masks.target, tuple(model.patch))
+        h, v = baselines(x, out.masks.visible, out.masks.target, tuple(model.patch), sampler.head == "next")
         half.append(h)
         vis.append(v)
     return {"model": float(np.mean(losses)), "half": float(np.mean(half)), "visible_mean": float(np.mean(vis))}
@@ -64,6 +77,8 @@ def main() -> None:
     data = os.environ.get("TOKENUNIFY_DATA", "../shared/data")
     parser.add_argument("--volume", default=f"{data}/fib_medulla_labeled_z0-160.h5:raw[120:160]")
     parser.add_argument("--batches", type=int, default=8)
+    parser.add_argument("--objectives", nargs="+", default=["random", "next", "next_all"],
+                        help="tasks to score every checkpoint on; a task outside its schedule is shown in brackets")
     args = parser.parse_args()
     torch.manual_seed(0)
     rows = []
@@ -74,18 +89,20 @@ def main() -> None:
         crop = tuple(config["train"]["crop"])
         if crop not in crops_by_shape:
             source, rng = UnlabeledCrops([args.volume], crop, NO_AUGMENT), np.random.default_rng(0)
-            crops_by_shape[crop] = [source.batch(4, rng) for _ in range(args.batches)]
+            crops_by_shape[crop] = [source.batch(4, rng)[0] for _ in range(args.batches)]
         crops = crops_by_shape[crop]
         trained = build_model(state["model_spec"])
         trained.load_state_dict(state["model"])
         torch.manual_seed(config["train"]["seed"])
         untrained = build_model(state["model_spec"])
-        schedule = ScheduleSettings(**config["schedule"])
-        for objective in dict.fromkeys(schedule.objectives):
+        own = set(ScheduleSettings(**config["schedule"]).objectives)
+        for objective in args.objectives:
             kwargs = (config.get("samplers") or {}).get(objective) or {}
             t, u = score(trained, crops, objective, kwargs), score(untrained, crops, objective, kwargs)
-            rows.append((path, state["step"], objective, t["model"], u["model"], t["half"], t["visible_mean"]))
+            mark = objective if objective in own else f"({objective})"
+            rows.append((path, state["step"], mark, t["model"], u["model"], t["half"], t["visible_mean"]))
     print(f"held-out crops from {args.volume}, {args.batches} batches of 4, no augmentation; MSE on target tokens")
+    print("vis. mean: the mean of the visible tokens (next: of every token before the target)")
     print(f"{'checkpoint':48s} {'step':>5s} {'objective':10s} {'trained':>8s} {'untrained':>9s} {'const 0.5':>9s} {'vis. mean':>9s}")
     for path, step, objective, t, u, h, v in rows:
         print(f"{path:48s} {step:5d} {objective:10s} {t:8.4f} {u:9.4f} {h:9.4f} {v:9.4f}   trained/vis.mean {t / v:.2f}")

@@ -61,8 +61,8 @@ def test_never_samples_outside_required_input(cfg: AugmentConfig) -> None:
     shape = required_input_shape(out, cfg)
     rng = np.random.default_rng(1)
     for _ in range(60):
-        coords, _ = _draw_geometry(shape, out, cfg, rng)
-        for c, n in zip(coords, shape):
+        coords, aligned, _ = _draw_geometry(shape, out, cfg, rng)
+        for c, n in zip([*coords, *aligned], shape + shape):
             assert c.min() >= -1e-9 and c.max() <= n - 1 + 1e-9
 
 
@@ -205,3 +205,43 @@ def test_speed_full_pipeline() -> None:
     for _ in range(5):
         augment(raw, labels, (24, 128, 128), everything, rng)
     assert (time.perf_counter() - t0) / 5 < 0.3
+
+
+# --------------------------------------------------------------------------
+# Clean pretraining targets
+
+
+def _raw_for(out, cfg, seed=0):
+    shape = required_input_shape(out, cfg)
+    return np.random.default_rng(seed).random(shape, dtype=np.float32)
+
+
+@pytest.mark.parametrize("damage", ["noise_prob", "motion_blur_prob", "missing_section_prob"])
+def test_augment_pair_degrades_the_input_only(damage):
+    from tokenunify.data.augment import augment_pair
+
+    geometric = replace(AugmentConfig.none(), flip_prob=0.5, transpose_prob=0.5, rotate_prob=1.0, elastic_prob=1.0,
+                        intensity_prob=1.0)
+    damaged = replace(geometric, **{damage: 1.0}, noise_std_range=(0.05, 0.05))
+    raw = _raw_for(OUT, damaged)
+    for seed in range(3):
+        x, clean = augment_pair(raw, OUT, damaged, np.random.default_rng(seed))
+        # the input is exactly what augment gives with the damage
+        assert np.array_equal(x, augment(raw, None, OUT, damaged, np.random.default_rng(seed))[0])
+        # the target is the same geometry and contrast without it: the damage is drawn after both
+        assert np.array_equal(clean, augment(raw, None, OUT, replace(damaged, **{damage: 0.0}),
+                                             np.random.default_rng(seed))[0])
+        assert not np.array_equal(x, clean)
+
+
+def test_augment_pair_target_is_not_misaligned():
+    from tokenunify.data.augment import augment_pair
+
+    cfg = replace(AugmentConfig.none(), misalignment_prob=1.0, misalignment_slip_prob=0.0)
+    raw = _raw_for(OUT, cfg)
+    centre = augment(raw, None, OUT, AugmentConfig.none(), np.random.default_rng(0))[0]
+    for seed in range(3):
+        x, clean = augment_pair(raw, OUT, cfg, np.random.default_rng(seed))
+        assert np.array_equal(clean, centre)  # no other augmentation: the clean crop is the centre crop
+        assert not np.array_equal(x, centre)
+        assert np.array_equal(x[0], centre[0])  # the first section never moves; later ones slide

@@ -114,9 +114,18 @@ def test_long_decay_stays_finite() -> None:
     _run_both(x, {"delta_softplus": True}, {"chunk_size": 16, "sub_chunk": 8}, 1e-4, 1e-4)
 
 
-def test_dispatcher_on_cpu_and_shape_errors() -> None:
-    x = {k: v.detach() for k, v in _inputs(1, 2, 3, 10, torch.float32).items()}
-    torch.testing.assert_close(selective_scan(**x), selective_scan_chunked(**x))
+def test_dispatcher_on_cpu_and_shape_errors(monkeypatch) -> None:
+    x = {k: v.detach() for k, v in _inputs(1, 2, 3, 70, torch.float32).items()}
+    opts = {"delta_softplus": True}
+    # against the plain sequential loop, not against the path it dispatches to
+    torch.testing.assert_close(selective_scan(**x, **opts), selective_scan_ref(**x, **opts), rtol=1e-5, atol=1e-6)
+    # and it really routes CPU tensors to the chunked scan
+    import tokenunify.models.scan as scan_module
+
+    calls = []
+    monkeypatch.setattr(scan_module, "selective_scan_chunked", lambda *a, **k: calls.append(1) or "chunked")
+    assert scan_module.selective_scan(**x) == "chunked" and calls == [1]
+    monkeypatch.undo()
     with pytest.raises(ValueError, match="B and C"):
         selective_scan_chunked(x["u"], x["delta"], x["A"], x["B"][:, :2], x["C"])
     empty = selective_scan_chunked(x["u"][..., :0], x["delta"][..., :0], x["A"], x["B"][..., :0], x["C"][..., :0])

@@ -10,7 +10,8 @@ import torch
 
 from tokenunify.io.checkpoint import save_checkpoint
 from tokenunify.models.mixers import make_mixer, sincos_position_encoding
-from tokenunify.models.perceiver import NextTokenHead, PerceiverResampler
+from tokenunify.models.next_head import CausalNextHead
+from tokenunify.models.perceiver import PerceiverResampler
 from tokenunify.models.registry import build_model
 from tokenunify.models.tokenunify_net import (
     PRESETS,
@@ -166,72 +167,76 @@ def test_perceiver_and_head_shapes() -> None:
     assert latents.shape == (2, 8, 32)
     assert perceiver(torch.randn(2, 11, 32)).shape == (2, 8, 32)
     assert PerceiverResampler(32, n_latents=4, context_dim=24)(torch.randn(3, 24, 1, 2, 2)).shape == (3, 4, 32)
-    head = NextTokenHead(32, token_features=1024)
-    out = head(latents, deep, torch.tensor([[0.0, 1.0, 2.0], [1.0, 2.5, 4.0]]))
-    assert out.shape == (2, 1024)
     with pytest.raises(ValueError):
         perceiver(torch.randn(2, 16, 2, 3, 5))
+    for mixer in MIXERS:
+        head = CausalNextHead(32, token_features=64, mixer=mixer)
+        out = head(torch.randn(2, 10, 64), torch.tensor([1, 7]), latents, torch.randn(10, 3))
+        assert out.shape == (2, 10, 64)
+        with pytest.raises(ValueError, match="prefix"):
+            head(torch.randn(2, 10, 64), torch.tensor([1]), latents, torch.randn(10, 3))
 
 
-def _pretrain_model(mixer: str) -> TokenUnifyNet:
-    return _small(mixer, out_channels=1, pretraining=True)
+def _pretrain_model(mixer: str, **kw: Any) -> TokenUnifyNet:
+    return _small(mixer, out_channels=1, pretraining=True, **kw)
 
 
+@pytest.mark.parametrize("context", ["perceiver", "features"])
 @pytest.mark.parametrize("mixer", MIXERS)
-def test_predict_next_shapes_and_purity(mixer: str) -> None:
-    model = _pretrain_model(mixer)
-    x = torch.randn(SHAPES[True])
-    k = torch.tensor(token_grid(x.shape, model.patch)).prod().item()
-    assert model.token_features == 4 * 16 * 16
-    idx = torch.tensor([1, k - 1])
+def test_predict_next_shapes_and_purity(mixer: str, context: str) -> None:
+    model = _pretrain_model(mixer, next_context=context)
+    x = torch.rand(2, 1, 8, 32, 32)
+    k = int(torch.tensor(token_grid(x.shape, model.patch)).prod())
+    tokens = patchify(x, model.patch)
+    prefix = torch.tensor([1, k - 1])
+    hidden = model.hide(x, torch.arange(k)[None] < prefix[:, None])
     with torch.no_grad():
-        first = model.predict_next(x, idx)
-        model.predict_next(torch.randn(3, 1, 8, 32, 16), 3)  # an unrelated call in between
-        again = model.predict_next(x, idx)
-        singles = torch.cat([model.predict_next(x[i : i + 1], idx[i : i + 1]) for i in range(2)])
-        dense, nxt = model.forward_pretrain(x, idx)
-    assert first.shape == (2, model.token_features)
+        first = model.predict_next(hidden, tokens, prefix)
+        model.predict_next(torch.rand(3, 1, 4, 16, 32), torch.rand(3, 2, 1024), 1)  # an unrelated call between
+        again = model.predict_next(hidden, tokens, prefix)
+        singles = torch.cat([model.predict_next(hidden[i : i + 1], tokens[i : i + 1], prefix[i : i + 1]) for i in range(2)])
+    assert first.shape == (2, k, model.token_features)
     assert torch.equal(first, again), "state leaked between calls"
     torch.testing.assert_close(singles, first, rtol=1e-4, atol=1e-5)  # no batch coupling
-    torch.testing.assert_close(nxt, first)
-    assert dense.shape == (2, 1, 4, 16, 32)
-    with torch.no_grad():
-        other = model.predict_next(x, torch.tensor([0, 0]))
-    assert not torch.allclose(other, first), "prediction ignores the target position"
 
 
 @pytest.mark.parametrize("mixer", MIXERS)
-def test_predict_next_cannot_see_hidden_tokens(mixer: str) -> None:
+def test_predict_next_gradient_never_reaches_a_token_from_its_own_on(mixer: str) -> None:
     model = _pretrain_model(mixer)
-    x = torch.randn(1, 1, 4, 16, 32, requires_grad=True)
-    n = 1  # tokens 0..n-1 visible, token n is the target, the rest hidden too
-    visible = torch.arange(2)[None] < n
-    pred = model.predict_next(model.hide(x, visible), n)
-    pred.sum().backward()
-    token_grad = patchify(x.grad, model.patch)
-    assert token_grad[0, n:].abs().max() == 0
-    assert token_grad[0, :n].abs().max() > 0
+    x = torch.rand(1, 1, 8, 32, 32, requires_grad=True)
+    k, n, t = 8, 2, 5
+    hidden = model.hide(x, torch.arange(k)[None] < n)
+    pred = model.predict_next(hidden, patchify(x, model.patch), torch.tensor([n]))
+    pred[0, t].sum().backward()
+    token_grad = patchify(x.grad, model.patch)[0].abs().amax(-1)
+    assert (token_grad[t:] == 0).all(), "the prediction of token t depends on token t or later"
+    assert (token_grad[:n] > 0).all(), "the prefix does not reach the prediction"
+    assert (token_grad[n:t] > 0).all(), "the teacher-forced tokens n..t-1 do not reach the prediction"
     assert model.mask_token.grad is not None and model.mask_token.grad.abs().sum() > 0
 
 
 def test_predict_next_errors() -> None:
     model = _pretrain_model("vit")
     x = torch.randn(SHAPES[True])
-    with pytest.raises(ValueError):
-        model.predict_next(x, 2)  # only 2 tokens
-    with pytest.raises(ValueError):
-        model.predict_next(x, torch.tensor([0, 1, 1]))
+    tokens = patchify(x, model.patch)
+    with pytest.raises(ValueError, match="prefix"):
+        model.predict_next(x, tokens, 2)  # only 2 tokens: the prefix must leave one
+    with pytest.raises(ValueError, match="prefix"):
+        model.predict_next(x, tokens, torch.tensor([1, 1, 1]))
     with pytest.raises(RuntimeError):
-        _small("vit").predict_next(x, 0)
+        _small("vit").predict_next(x, tokens, 1)
+    with pytest.raises(ValueError, match="next_context"):
+        _pretrain_model("vit", next_context="pooled")
 
 
-def test_token_centers_align_with_deepest_grid() -> None:
+def test_token_positions_align_with_deepest_grid() -> None:
     aniso = _pretrain_model("vit")  # patch == downsample factor: centres are grid indices
-    centers = aniso.token_centers((2, 1, 8, 32, 32), torch.tensor([0, 7]))
-    assert torch.equal(centers, torch.tensor([[0.0, 0.0, 0.0], [1.0, 1.0, 1.0]]))
+    positions = aniso.token_positions((2, 1, 8, 32, 32))
+    assert positions.shape == (8, 3)
+    assert torch.equal(positions[[0, 7]], torch.tensor([[0.0, 0.0, 0.0], [1.0, 1.0, 1.0]]))
     iso = _small("vit", anisotropic=False, pretraining=True)  # 8^3 tokens on a 16^3 grid
-    centers = iso.token_centers((1, 1, 16, 16, 16), 0)
-    assert torch.allclose(centers, torch.full((1, 3), -0.25))
+    assert torch.allclose(iso.token_positions((1, 1, 16, 16, 16)), torch.full((8, 3), -0.25) + torch.tensor(
+        [[z, y, x] for z in (0, 0.5) for y in (0, 0.5) for x in (0, 0.5)]))
 
 
 def test_hide_uses_mask_token() -> None:

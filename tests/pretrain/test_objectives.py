@@ -25,13 +25,37 @@ def test_loss_is_finite_and_backpropagates(model, name):
     grads = [p.grad for p in model.parameters() if p.grad is not None]
     assert grads and all(torch.isfinite(g).all() for g in grads)
     model.zero_grad()
-    if name == "next":
-        assert out.prediction_tokens.shape[1] == 1 and out.n_target_tokens == 2
+    if name == "next":  # dense next-token prediction: every token from the prefix on is scored
+        assert out.prediction_tokens.shape == (2, 32, model.token_features)
+        assert out.n_target_tokens == int((32 - out.masks.prefix).sum()) >= 2 * 8
 
 
-@pytest.mark.parametrize("name", ["random", "next", "next_all"])
+def test_the_loss_scores_the_clean_target_not_the_input(model):
+    x = torch.rand(2, 1, 16, 32, 32)
+    clean = torch.rand(2, 1, 16, 32, 32)
+    for name in ("random", "next"):
+        state = torch.Generator().manual_seed(4).get_state()
+        on_input = objective_loss(model, x, build_sampler(name), torch.Generator().set_state(state), normalize=False)
+        on_clean = objective_loss(model, x, build_sampler(name), torch.Generator().set_state(state), normalize=False,
+                                  target=clean)
+        torch.testing.assert_close(on_input.prediction_tokens, on_clean.prediction_tokens)  # same input, same output
+        from tokenunify.tokens.patchify import patchify
+
+        w = on_clean.masks.target.float()
+        expected = (((on_clean.prediction_tokens - patchify(clean, model.patch)) ** 2).mean(-1) * w).sum() / w.sum()
+        torch.testing.assert_close(on_clean.loss, expected)
+        assert not torch.isclose(on_input.loss, on_clean.loss)
+    with pytest.raises(ValueError, match="shape"):
+        objective_loss(model, x, build_sampler("random"), torch.Generator(), target=clean[:1])
+
+
+@pytest.mark.parametrize("name", ["random", "next_all"])
 def test_target_content_never_reaches_the_model(model, name):
-    """Changing what the target tokens hold changes the truth but not the prediction."""
+    """Changing what the target tokens hold changes the truth but not the prediction.
+
+    (`next` feeds the tokens after the prefix to its causal stream on purpose;
+    tests/pretrain/test_no_leak.py proves it never sees a token it predicts.)
+    """
     x = torch.rand(2, 1, 16, 32, 32)
     generator_state = torch.Generator().manual_seed(3).get_state()
     first = objective_loss(model, x, build_sampler(name), torch.Generator().set_state(generator_state))

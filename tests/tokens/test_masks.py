@@ -86,8 +86,7 @@ def test_prefix_semantics(cls):
             seen.add(n)
             pos = torch.arange(k)
             assert torch.equal(m.visible[b], pos < n)
-            expected_target = pos == n if cls is NextTokenMask else pos >= n
-            assert torch.equal(m.target[b], expected_target)
+            assert torch.equal(m.target[b], pos >= n)  # both predict every token from n on
     assert seen == set(range(2, 7))  # uniform over the whole inclusive range
 
 
@@ -104,6 +103,21 @@ def test_prefix_default_range_and_errors(cls):
         cls(min_prefix=0)
     with pytest.raises(ValueError, match="uniform"):
         cls(distribution="zipf")
+
+
+def test_next_supervises_at_least_a_quarter_of_the_tokens():
+    for k in (4, 7, 64, 256, 257):
+        sampler = NextTokenMask()
+        lo, hi = sampler.prefix_range(k)
+        assert k - hi >= k / 4 and lo == 1
+        m = sampler(64, k, _gen(k))
+        assert (m.target.sum(1) >= k / 4).all()
+        assert int(m.prefix.max()) == hi or k > 64  # the cap is reached (small k: all values drawn)
+    assert NextTokenMask(min_targets=0.5).prefix_range(10) == (1, 5)
+    with pytest.raises(ValueError, match="fewer than 50%"):
+        NextTokenMask(min_prefix=6, min_targets=0.5)(1, 10, _gen(0))
+    with pytest.raises(ValueError, match="min_targets"):
+        NextTokenMask(min_targets=1.0)
 
 
 @pytest.mark.parametrize("name", BUILTIN)

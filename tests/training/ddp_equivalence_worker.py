@@ -74,8 +74,7 @@ def main(out: str, naive: bool) -> None:
     prefix = torch.tensor([5, 9])[rank:rank + 1] if world > 1 else torch.tensor([5, 9])
     k = visible.shape[1]
     seen = torch.arange(k)[None] < prefix[:, None]
-    onehot = torch.nn.functional.one_hot(prefix, k).bool()
-    out_next = masked_loss(net, raw, TokenMasks(seen, onehot, prefix), "next", True, fwd)
+    out_next = masked_loss(net, raw, TokenMasks(seen, ~seen, prefix), "next", True, fwd)
     optimizer_step(net, opt, StepOutput(out_next.loss, 1.0 if naive else out_next.weight), dist, CPU, None)
     results["pretrain"] = {k: v.clone() for k, v in net.state_dict().items()}
     if dist.is_main:

@@ -2,7 +2,12 @@
 
 `python tests/training/golden_runs.py` records `golden.json`; it was run
 once on the code before the shared training loop (commit 9e5a384), and
-`test_golden.py` reruns the same configs on today's code and compares. The
+`test_golden.py` reruns the same configs on today's code and compares.
+The runs are fp32: bf16 kernels differ between CPUs with and without
+AVX-512 bf16 (a recording made on one kind of machine missed on the other by
+0.02 in VOI), fp32 ones only in the last bits. The pretraining run uses the
+random objective alone: `next` and the staged schedule were redesigned on
+purpose afterwards (dense next-token prediction, per-stage learning rates). The
 configs use weight_decay 0 because the shared loop deliberately changed one
 thing: norms, biases and other special tensors no longer get weight decay
 (tokenunify.training.optim). Everything else (seeding, augmentation, masks,
@@ -24,6 +29,10 @@ from tokenunify.io import write_volume
 from tokenunify.io.checkpoint import load_checkpoint
 
 GOLDEN = Path(__file__).with_name("golden.json")
+#: Pretraining now scores the clean crop, not the degraded input (issue 11),
+#: so the pretraining golden run has no degradations; with none, input and
+#: target are the same crop in the old code and the new.
+NO_DEGRADATION = {"noise_prob": 0.0, "motion_blur_prob": 0.0, "missing_section_prob": 0.0, "misalignment_prob": 0.0}
 
 
 def make_data(folder: Path) -> Path:
@@ -39,10 +48,10 @@ def pretrain_config(data: Path, out: Path) -> dict[str, Any]:
     return {
         "data": {"volumes": [f"{data}:raw"]},
         "model": {"preset": "tiny", "mixer": "mamba"},
-        "train": {"steps": 5, "batch_size": 2, "crop": [16, 32, 32], "bf16": True, "threads": 1,
+        "train": {"steps": 5, "batch_size": 2, "crop": [16, 32, 32], "bf16": False, "threads": 1,
                   "weight_decay": 0.0, "checkpoint_every": 100, "preview_every": 100, "seed": 3},
-        "schedule": {"kind": "staged", "objectives": ["random", "next", "next_all"], "shares": [0.4, 0.3, 0.3]},
-        "augment": {"elastic_prob": 0.0},
+        "schedule": {"kind": "single", "objectives": ["random"], "shares": [1.0]},
+        "augment": {"elastic_prob": 0.0, **NO_DEGRADATION},
         "out_dir": str(out),
     }
 
@@ -51,7 +60,7 @@ def finetune_config(data: Path, out: Path, model: dict[str, Any], ema: float | N
     return {
         "data": {"raw": f"{data}:raw", "labels": f"{data}:labels", "train_z": [0, 16], "val_z": [16, 32]},
         "model": {**model, "offsets": [[-1, 0, 0], [0, -1, 0], [0, 0, -1], [0, -4, 0]]},
-        "train": {"steps": 5, "batch_size": 2, "crop": [16, 32, 32], "bf16": True, "threads": 1, "weight_decay": 0.0,
+        "train": {"steps": 5, "batch_size": 2, "crop": [16, 32, 32], "bf16": False, "threads": 1, "weight_decay": 0.0,
                   "clip_grad_norm": 1.0, "checkpoint_every": 100, "val_every": 5, "ema_decay": ema, "seed": 5},
         "augment": {"elastic_prob": 0.0},
         "predict": {"block": [16, 32, 32], "overlap": [0, 8, 8], "bf16": False},
@@ -89,7 +98,7 @@ def run_all(folder: Path) -> dict[str, Any]:
     data = make_data(folder)
     results = {}
     pretrain(from_dict(PretrainSettings, pretrain_config(data, folder / "pre")), progress=False)
-    results["pretrain_mamba_staged"] = summarise(folder / "pre")
+    results["pretrain_mamba_random"] = summarise(folder / "pre")
     runs = {
         "finetune_unet": ({"name": "unet", "width": [4, 8]}, None),
         "finetune_tokenunify_ema": ({"name": "tokenunify", "preset": "tiny", "mixer": "mamba"}, 0.8),

@@ -21,11 +21,11 @@ def test_groups_by_name():
     assert kept | decayed == {n for n, _ in net.named_parameters()} and not kept & decayed
     for name in kept | decayed:
         leaf = name.rsplit(".", 1)[-1]
-        special = (leaf in {"bias", "A_log", "D", "mask_token", "latents", "query"}
+        special = (leaf in {"bias", "A_log", "D", "mask_token", "latents", "start"}
                    or ".norm" in name or "_norm" in name or name.split(".")[-2].startswith("norm"))
         assert (name in kept) == special, name
     # the named cases exist in this network, so the checks above are not vacuous
-    for wanted in ("mask_token", "perceiver.latents", "A_log", ".D", "norm1.weight", "conv1.bias"):
+    for wanted in ("mask_token", "perceiver.latents", "next_head.start", "A_log", ".D", "norm1.weight", "conv1.bias"):
         assert any(wanted in n for n in kept), wanted
     assert any(n.endswith("conv1.weight") for n in decayed) and any("in_proj.weight" in n for n in decayed)
 
@@ -36,7 +36,7 @@ def test_vit_and_unet_norms_and_biases_are_not_decayed():
         decay, keep = parameter_groups(net, 1e-4)
         params = dict(net.named_parameters())
         assert all(params[n].ndim > 1 for n in decay["names"])
-        assert all(params[n].ndim <= 1 or n.endswith(("latents", "mask_token", "query")) for n in keep["names"])
+        assert all(params[n].ndim <= 1 or n.endswith(("latents", "mask_token", "start")) for n in keep["names"])
 
 
 def test_decay_applies_to_kernels_only():

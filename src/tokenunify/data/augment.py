@@ -4,6 +4,9 @@ All geometric steps (flips, transposes, xy rotation, elastic warp and section
 misalignment) are folded into one coordinate map, so the raw is resampled once
 (linear) and the labels are looked up once (nearest voxel, so no new ids can
 appear).  Intensity steps and section defects then act on the output raw only.
+:func:`augment_pair` also returns the clean target of pretraining: the same
+geometry and photometric change, without misalignment, blur, noise or
+missing sections.
 
 Axes are (z, y, x); for anisotropic data z is the sectioning axis and is never
 mixed with y/x unless ``AugmentConfig.isotropic`` is set.
@@ -18,7 +21,7 @@ from itertools import permutations
 import numpy as np
 from scipy import ndimage as ndi
 
-__all__ = ["AugmentConfig", "required_input_shape", "augment"]
+__all__ = ["AugmentConfig", "required_input_shape", "augment", "augment_pair"]
 
 
 @dataclass(frozen=True)
@@ -195,7 +198,11 @@ def _mirror_index(i: np.ndarray, n: int) -> np.ndarray:
 
 
 def _draw_geometry(in_shape, output_shape, cfg: AugmentConfig, rng: np.random.Generator):
-    """Draw the geometric transform; returns (coords, is_integer)."""
+    """Draw the geometric transform; returns (coords, aligned coords, is_integer).
+
+    The aligned coordinates are the same transform without the section
+    misalignment: the clean target of pretraining (see :func:`augment_pair`).
+    """
     zo, yo, xo = output_shape
     # Matrix taking centred output offsets to input offsets: flips * perm.
     mat = np.eye(3)
@@ -233,20 +240,26 @@ def _draw_geometry(in_shape, output_shape, cfg: AugmentConfig, rng: np.random.Ge
             shift[z0:] = dyx
 
     g = [np.arange(n, dtype=np.float64) - (n - 1) / 2 for n in output_shape]
-    gz = g[0][:, None, None]
-    gy = g[1][None, :, None] + shift[:, 0, None, None]
-    gx = g[2][None, None, :] + shift[:, 1, None, None]
-    # Input centre: the integer crop start plus the output half-extent, so
-    # flips and transposes (which keep the shape) land exactly on voxels.
-    coords = np.empty((3, zo, yo, xo), dtype=np.float64)
-    for i in range(3):
-        e = output_shape[i]
-        centre = (in_shape[i] - e) // 2 + (e - 1) / 2
-        c = centre + mat[i, 0] * gz + mat[i, 1] * gy + mat[i, 2] * gx
-        if disp[i] is not None:
-            c = c + disp[i]
-        coords[i] = c
-    return coords, not rotated and not elastic
+
+    def coordinates(shift: np.ndarray) -> np.ndarray:
+        gz = g[0][:, None, None]
+        gy = g[1][None, :, None] + shift[:, 0, None, None]
+        gx = g[2][None, None, :] + shift[:, 1, None, None]
+        # Input centre: the integer crop start plus the output half-extent, so
+        # flips and transposes (which keep the shape) land exactly on voxels.
+        coords = np.empty((3, zo, yo, xo), dtype=np.float64)
+        for i in range(3):
+            e = output_shape[i]
+            centre = (in_shape[i] - e) // 2 + (e - 1) / 2
+            c = centre + mat[i, 0] * gz + mat[i, 1] * gy + mat[i, 2] * gx
+            if disp[i] is not None:
+                c = c + disp[i]
+            coords[i] = c
+        return coords
+
+    coords = coordinates(shift)
+    aligned = coordinates(np.zeros_like(shift)) if do_shift else coords
+    return coords, aligned, not rotated and not elastic
 
 
 # --------------------------------------------------------------------------
@@ -269,7 +282,15 @@ def _line_kernel(length: int, angle: float) -> np.ndarray:
     return k / k.sum()
 
 
-def _intensity(raw: np.ndarray, cfg: AugmentConfig, rng: np.random.Generator) -> np.ndarray:
+def _intensity(
+    raw: np.ndarray, cfg: AugmentConfig, rng: np.random.Generator, clean: np.ndarray | None = None
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """Photometric change on ``raw`` (and ``clean``), then the degradations on ``raw`` only.
+
+    Contrast, brightness and gamma model another acquisition of the same
+    tissue, so a clean target shares them; blur, noise and missing sections
+    are damage, which a pretraining target must not contain.
+    """
     zo = raw.shape[0]
     do_int = rng.random() < cfg.intensity_prob
     contrast = rng.uniform(*cfg.contrast_range)
@@ -284,6 +305,12 @@ def _intensity(raw: np.ndarray, cfg: AugmentConfig, rng: np.random.Generator) ->
         raw = np.clip((raw - 0.5) * c + 0.5 + b, 0.0, 1.0)
         if gamma != 1.0:
             raw = np.power(raw, np.float32(gamma))
+        if clean is not None:
+            clean = np.clip((clean - 0.5) * c + 0.5 + b, 0.0, 1.0)
+            if gamma != 1.0:
+                clean = np.power(clean, np.float32(gamma))
+    elif clean is not None:
+        clean = clean.copy()  # the degradations below write into raw in place
 
     blur_z = np.flatnonzero(rng.random(zo) < cfg.motion_blur_prob)
     for z in blur_z:
@@ -299,10 +326,35 @@ def _intensity(raw: np.ndarray, cfg: AugmentConfig, rng: np.random.Generator) ->
     for z in missing:
         v = float(raw[z].mean()) if cfg.missing_value is None else cfg.missing_value
         raw[z] = v
-    return np.clip(raw, 0.0, 1.0, out=raw)
+    raw = np.clip(raw, 0.0, 1.0, out=raw)
+    return raw, None if clean is None else np.clip(clean, 0.0, 1.0, out=clean)
 
 
 # --------------------------------------------------------------------------
+
+
+def _resample(raw: np.ndarray, coords: np.ndarray, integer: bool) -> np.ndarray:
+    if integer:
+        idx = [_mirror_index(np.rint(c).astype(np.intp), n) for c, n in zip(coords, raw.shape)]
+        return np.ascontiguousarray(raw[idx[0], idx[1], idx[2]], dtype=np.float32)
+    out = ndi.map_coordinates(raw, coords, order=1, mode="mirror", output=np.float32, prefilter=False)
+    return np.ascontiguousarray(out, dtype=np.float32)
+
+
+def _checked_raw(raw: np.ndarray, output_shape: tuple[int, int, int]) -> tuple[np.ndarray, tuple[int, int, int]]:
+    raw = np.asarray(raw)
+    if raw.ndim != 3:
+        raise ValueError(f"raw must be 3D (z, y, x), got shape {raw.shape}")
+    if raw.dtype == np.uint8:
+        raw = raw.astype(np.float32) / np.float32(255.0)
+    else:
+        raw = raw.astype(np.float32, copy=False)
+    output_shape = tuple(int(s) for s in output_shape)
+    if len(output_shape) != 3 or min(output_shape) < 1:
+        raise ValueError(f"output_shape must be three positive ints, got {output_shape}")
+    if any(o > i for o, i in zip(output_shape, raw.shape)):
+        raise ValueError(f"input shape {raw.shape} is smaller than output shape {output_shape}")
+    return raw, output_shape  # type: ignore[return-value]
 
 
 def augment(
@@ -327,32 +379,35 @@ def augment(
         ``(raw, labels)``: float32 in [0, 1], and the labels (same dtype as
         given, nearest-voxel sampled, so only input ids occur) or None.
     """
-    raw = np.asarray(raw)
-    if raw.ndim != 3:
-        raise ValueError(f"raw must be 3D (z, y, x), got shape {raw.shape}")
-    if raw.dtype == np.uint8:
-        raw = raw.astype(np.float32) / np.float32(255.0)
-    else:
-        raw = raw.astype(np.float32, copy=False)
+    raw, output_shape = _checked_raw(raw, output_shape)
     if labels is not None and labels.shape != raw.shape:
         raise ValueError(f"labels shape {labels.shape} differs from raw shape {raw.shape}")
-    output_shape = tuple(int(s) for s in output_shape)
-    if len(output_shape) != 3 or min(output_shape) < 1:
-        raise ValueError(f"output_shape must be three positive ints, got {output_shape}")
-    if any(o > i for o, i in zip(output_shape, raw.shape)):
-        raise ValueError(f"input shape {raw.shape} is smaller than output shape {output_shape}")
-
-    coords, integer = _draw_geometry(raw.shape, output_shape, cfg, rng)
-    if integer:
-        idx = [_mirror_index(np.rint(c).astype(np.intp), n) for c, n in zip(coords, raw.shape)]
-        out_raw = raw[idx[0], idx[1], idx[2]]
-    else:
-        out_raw = ndi.map_coordinates(raw, coords, order=1, mode="mirror", output=np.float32, prefilter=False)
-        idx = None
+    coords, _, integer = _draw_geometry(raw.shape, output_shape, cfg, rng)
+    out_raw = _resample(raw, coords, integer)
     out_labels = None
     if labels is not None:
-        if idx is None:
-            idx = [_mirror_index(np.rint(c).astype(np.intp), n) for c, n in zip(coords, raw.shape)]
+        idx = [_mirror_index(np.rint(c).astype(np.intp), n) for c, n in zip(coords, raw.shape)]
         out_labels = np.asarray(labels)[idx[0], idx[1], idx[2]]
-    out_raw = _intensity(np.ascontiguousarray(out_raw, dtype=np.float32), cfg, rng)
+    out_raw, _ = _intensity(out_raw, cfg, rng)
     return out_raw, out_labels
+
+
+def augment_pair(
+    raw: np.ndarray, output_shape: tuple[int, int, int], cfg: AugmentConfig, rng: np.random.Generator
+) -> tuple[np.ndarray, np.ndarray]:
+    """A degraded network input and its clean target, for pretraining.
+
+    Both share the geometry (flips, transposes, rotation, elastic warp) and
+    the photometric change (contrast, brightness, gamma). Only the input gets
+    the degradations: section misalignment, motion blur, noise and missing
+    sections; so the network learns to predict tissue, not damage. The random
+    draws are those of :func:`augment` with the same ``rng``, so the input
+    equals ``augment(raw, None, ...)[0]``.
+    """
+    raw, output_shape = _checked_raw(raw, output_shape)
+    coords, aligned, integer = _draw_geometry(raw.shape, output_shape, cfg, rng)
+    out_raw = _resample(raw, coords, integer)
+    clean = out_raw if aligned is coords else _resample(raw, aligned, integer)
+    out_raw, out_clean = _intensity(out_raw, cfg, rng, clean)
+    assert out_clean is not None
+    return out_raw, out_clean

@@ -118,14 +118,16 @@ class Attention(nn.Module):
         _init_linear(self)
 
     def forward(
-        self, x: Tensor, context: Tensor, x_pos: Tensor | None = None, context_pos: Tensor | None = None
+        self, x: Tensor, context: Tensor, x_pos: Tensor | None = None, context_pos: Tensor | None = None,
+        causal: bool = False,
     ) -> Tensor:
+        """Attend from ``x`` to ``context``; ``causal`` (self-attention only): query i sees keys <= i."""
         q = self.q(x if x_pos is None else x + x_pos)
         k = self.k(context if context_pos is None else context + context_pos)
         v = self.v(context)
         # (B, N, heads * d) -> (B, heads, N, d): the layout SDPA expects
         q, k, v = (t.unflatten(-1, (self.heads, -1)).transpose(1, 2) for t in (q, k, v))
-        out = F.scaled_dot_product_attention(q, k, v)
+        out = F.scaled_dot_product_attention(q, k, v, is_causal=causal)
         return self.proj(out.transpose(1, 2).flatten(2))
 
 

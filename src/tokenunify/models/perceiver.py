@@ -7,14 +7,10 @@ themselves, as in Flamingo) and refines them with an MLP. Unlike a flatten +
 linear layer, it has no input-size-dependent weights, so one model serves any
 crop or block size.
 
-:class:`NextTokenHead` turns the latents into the prediction of one token,
-the content of token ``n`` (``C * pz * py * px`` values in
-:func:`~tokenunify.tokens.patchify.patchify` order). Its single query is
-built from where token ``n`` lies: a learned base query, a sinusoidal
-encoding of the token's centre and the deepest features trilinearly sampled
-at that centre. The sampled features are a function of the visible input
-only (hidden tokens are blanked before the encoder), so the head sees local
-context around the target without seeing the target.
+The next-token head (:mod:`tokenunify.models.next_head`) reads the prefix
+only through these latents: an earlier head that also sampled the deep
+features at the target's position learned to ignore the latents (swapping
+them between samples changed its predictions by 3e-5 relative).
 """
 
 from __future__ import annotations
@@ -25,7 +21,7 @@ from torch import Tensor, nn
 
 from tokenunify.models.mixers import MLP, Attention, grid_coordinates, sincos_position_encoding
 
-__all__ = ["NextTokenHead", "PerceiverResampler"]
+__all__ = ["PerceiverResampler"]
 
 
 class PerceiverResampler(nn.Module):
@@ -105,70 +101,3 @@ class PerceiverResampler(nn.Module):
             lat = lat + layer["attn"](q, kv, None, kv_pos)
             lat = lat + layer["mlp"](layer["norm_mlp"](lat))
         return self.norm_out(lat)
-
-
-class NextTokenHead(nn.Module):
-    """Predict one token's content from latents, conditioned on the token's position.
-
-    Args:
-        dim: width of the latents and of the deepest feature map.
-        token_features: values per token, ``C * pz * py * px``.
-        depth: query cross-attention + MLP layers.
-        heads: attention heads (default ``dim // 32``).
-        mlp_ratio: MLP hidden width over ``dim``.
-    """
-
-    def __init__(
-        self, dim: int, token_features: int, depth: int = 1, heads: int | None = None, mlp_ratio: float = 4.0
-    ) -> None:
-        super().__init__()
-        if token_features < 1 or depth < 1:
-            raise ValueError(f"token_features and depth must be positive, got {token_features} and {depth}")
-        self.dim, self.token_features = dim, token_features
-        self.query = nn.Parameter(torch.randn(dim) * 0.02)
-        self.local = nn.Linear(dim, dim)
-        self.layers = nn.ModuleList(
-            nn.ModuleDict(
-                {
-                    "norm_query": nn.LayerNorm(dim),
-                    "norm_latents": nn.LayerNorm(dim),
-                    "attn": Attention(dim, heads),
-                    "norm_mlp": nn.LayerNorm(dim),
-                    "mlp": MLP(dim, int(dim * mlp_ratio)),
-                }
-            )
-            for _ in range(depth)
-        )
-        self.norm_out = nn.LayerNorm(dim)
-        self.out = nn.Linear(dim, token_features)
-        for lin in (self.local, self.out):
-            nn.init.trunc_normal_(lin.weight, std=0.02)
-            nn.init.zeros_(lin.bias)
-
-    def forward(self, latents: Tensor, deep: Tensor, centers: Tensor) -> Tensor:
-        """Prediction ``(B, token_features)`` of the token centred at ``centers``.
-
-        Args:
-            latents: ``(B, n_latents, dim)`` from :class:`PerceiverResampler`.
-            deep: ``(B, dim, d, h, w)`` deepest encoder features.
-            centers: ``(B, 3)`` float (z, y, x) token centres in grid units of
-                ``deep`` (voxel centres at integers, as in its position encoding).
-        """
-        b = deep.shape[0]
-        if centers.shape != (b, 3) or latents.shape[0] != b:
-            raise ValueError(
-                f"batch mismatch: latents {tuple(latents.shape)}, deep {tuple(deep.shape)}, "
-                f"centers {tuple(centers.shape)}"
-            )
-        size = torch.tensor(deep.shape[2:], dtype=torch.float32, device=deep.device)
-        # grid_sample with align_corners=False puts voxel j's centre at (2j + 1) / size - 1
-        # and wants (x, y, z) order.
-        norm = (2 * centers.float() + 1) / size - 1
-        grid = norm.flip(-1).reshape(b, 1, 1, 1, 3).to(deep.dtype)
-        local = F.grid_sample(deep, grid, mode="bilinear", padding_mode="border", align_corners=False)
-        q = self.query.to(deep.dtype) + sincos_position_encoding(centers, self.dim).to(deep.dtype)
-        q = (q + self.local(local.reshape(b, self.dim)))[:, None]  # (B, 1, dim)
-        for layer in self.layers:
-            q = q + layer["attn"](layer["norm_query"](q), layer["norm_latents"](latents))
-            q = q + layer["mlp"](layer["norm_mlp"](q))
-        return self.out(self.norm_out(q[:, 0]))

@@ -16,7 +16,7 @@ One class serves both phases of the method:
 
 Encoder and decoder parameters have the same names and shapes in both
 configurations; only ``decoder.head`` (its channel count) and the
-pretraining-only ``perceiver``, ``next_head`` and ``mask_token`` differ, so
+pretraining-only ``perceiver``, ``next_head``, ``next_features`` and ``mask_token`` differ, so
 :func:`tokenunify.segment.init.load_pretrained` (with ``head_prefixes`` naming
 ``decoder.head.``, which then stays freshly initialised) moves a pretrained
 backbone into a segmentation model by name.
@@ -24,6 +24,7 @@ backbone into a segmentation model by name.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -32,7 +33,9 @@ from torch import Tensor, nn
 
 from tokenunify.models.decoder import UNETRDecoder
 from tokenunify.models.encoder import HierarchicalEncoder
-from tokenunify.models.perceiver import NextTokenHead, PerceiverResampler
+from tokenunify.models.mixers import grid_coordinates, sincos_position_encoding
+from tokenunify.models.next_head import CausalNextHead
+from tokenunify.models.perceiver import PerceiverResampler
 from tokenunify.tokens.masks import hide_tokens
 from tokenunify.tokens.patchify import (
     ANISOTROPIC_PATCH,
@@ -78,7 +81,10 @@ class TokenUnifyNet(nn.Module):
         pretraining: add the mask token, Perceiver Resampler and next-token head.
         n_latents: Perceiver latents.
         perceiver_depth: Perceiver layers.
-        head_depth: cross-attention layers of the next-token head.
+        head_depth: layers of the causal next-token head.
+        next_context: what the next-token head reads of the prefix:
+            ``"perceiver"`` (the latents) or ``"features"`` (the deepest
+            features themselves, the ablation without the Perceiver).
     """
 
     def __init__(
@@ -96,7 +102,8 @@ class TokenUnifyNet(nn.Module):
         pretraining: bool = False,
         n_latents: int = 32,
         perceiver_depth: int = 2,
-        head_depth: int = 1,
+        head_depth: int = 2,
+        next_context: str = "perceiver",
     ) -> None:
         super().__init__()
         if out_channels < 1:
@@ -116,7 +123,11 @@ class TokenUnifyNet(nn.Module):
         self.token_features = in_channels * self.patch[0] * self.patch[1] * self.patch[2]
         self.mask_token: nn.Parameter | None = None
         self.perceiver: PerceiverResampler | None = None
-        self.next_head: NextTokenHead | None = None
+        self.next_head: CausalNextHead | None = None
+        self.next_features: nn.Module | None = None
+        if next_context not in ("perceiver", "features"):
+            raise ValueError(f"next_context must be 'perceiver' or 'features', got {next_context!r}")
+        self.next_context = next_context
         if pretraining:
             # A learned token lets the network tell "hidden" from "dark". It
             # starts as noise in the intensity range, not zeros: a flat masked
@@ -124,8 +135,11 @@ class TokenUnifyNet(nn.Module):
             # per-voxel norms then blow its gradient up (to 1e13 here).
             self.mask_token = nn.Parameter(torch.rand(self.token_features))
             deep = enc.dims[-1]
-            self.perceiver = PerceiverResampler(deep, n_latents, perceiver_depth)
-            self.next_head = NextTokenHead(deep, self.token_features, head_depth)
+            if next_context == "perceiver":
+                self.perceiver = PerceiverResampler(deep, n_latents, perceiver_depth)
+            else:
+                self.next_features = nn.Linear(deep, deep)
+            self.next_head = CausalNextHead(deep, self.token_features, head_depth, mixer)
 
     # -- shape contract (same as UNet3D) ---------------------------------------------
 
@@ -183,53 +197,51 @@ class TokenUnifyNet(nn.Module):
         tokens = hide_tokens(patchify(x, self.patch), visible, self.mask_token)
         return unpatchify(tokens, self.patch, grid, x.shape[1])
 
-    def token_centers(self, shape: Sequence[int], target_index: int | Tensor) -> Tensor:
-        """Centres ``(B, 3)`` of tokens ``target_index`` in deepest-grid units (z, y, x).
-
-        Raises:
-            ValueError: for indices outside ``[0, K)`` or a batch-size mismatch.
-        """
-        b = int(shape[0])
-        nz, ny, nx = token_grid(shape, self.patch)
-        n = torch.as_tensor(target_index, dtype=torch.long).reshape(-1)
-        if n.numel() == 1:
-            n = n.expand(b)
-        if n.shape != (b,):
-            raise ValueError(f"target_index must be an int or ({b},) tensor, got shape {tuple(n.shape)}")
-        k = nz * ny * nx
-        if bool((n < 0).any()) or bool((n >= k).any()):
-            raise ValueError(f"target_index must lie in [0, {k}), got {n.tolist()}")
-        idx = torch.stack([n // (ny * nx), (n // nx) % ny, n % nx], dim=-1).float()
+    def token_positions(self, shape: Sequence[int]) -> Tensor:
+        """Centres ``(K, 3)`` of all tokens of a crop of ``shape``, in deepest-grid units (z, y, x)."""
+        grid = token_grid(shape, self.patch)
+        idx = grid_coordinates(grid)
         patch = torch.tensor(self.patch, dtype=torch.float32)
         factor = torch.tensor(self.downsample_factor, dtype=torch.float32)
-        # token centre in voxels is (i + 0.5) * p; deepest voxel j's centre is (j + 0.5) * f
         return (idx + 0.5) * patch / factor - 0.5
 
-    def _next_from_features(self, feats: Sequence[Tensor], shape: Sequence[int], target_index: int | Tensor) -> Tensor:
-        if self.perceiver is None or self.next_head is None:
+    def next_context_of(self, deep: Tensor) -> tuple[Tensor, Tensor | None]:
+        """What the next-token head reads of the prefix: ``(context (B, M, dim), key positions or None)``."""
+        if self.perceiver is not None:
+            return self.perceiver(deep), None
+        if self.next_features is None:
             raise RuntimeError("this TokenUnifyNet was built without pretraining=True: no next-token head")
-        deep = feats[-1]
-        centers = self.token_centers(shape, target_index).to(deep.device)
-        return self.next_head(self.perceiver(deep), deep, centers)
+        grid = deep.shape[2:]
+        ctx = self.next_features(deep.flatten(2).transpose(1, 2))
+        pos = sincos_position_encoding(grid_coordinates(grid, deep.device), deep.shape[1])[None]
+        return ctx, pos
 
-    def predict_next(self, x_hidden: Tensor, target_index: int | Tensor) -> Tensor:
-        """Predict token ``target_index`` (int, or one per sample) of a crop.
+    def predict_next(self, x_hidden: Tensor, tokens: Tensor, prefix: Tensor) -> Tensor:
+        """Predict every token from the prefix on: ``(B, K, token_features)``, row ``t`` for token ``t``.
 
-        ``x_hidden`` must already have token ``target_index`` and every other
-        non-visible token blanked (:meth:`hide`). Returns ``(B, token_features)``
-        in :func:`~tokenunify.tokens.patchify.patchify` feature order. A pure
-        function of its arguments: no state is kept between calls.
+        Args:
+            x_hidden: the crop with every token from ``prefix`` on blanked (:meth:`hide`).
+            tokens: ``(B, K, token_features)`` the crop's input tokens (``patchify``
+                of the unblanked input): the teacher-forced stream; row ``t`` reads
+                only tokens ``prefix .. t-1`` of it.
+            prefix: long ``(B,)`` prefix lengths, ``1 <= n < K``.
+
+        Rows before the prefix carry no prediction (nothing scores them). A
+        pure function of its arguments: no state is kept between calls.
         """
-        return self._next_from_features(self.encode(x_hidden), x_hidden.shape, target_index)
-
-    def forward_pretrain(
-        self, x_hidden: Tensor, target_index: int | Tensor | None = None
-    ) -> tuple[Tensor, Tensor | None]:
-        """Dense reconstruction and (if ``target_index`` is given) next-token prediction from one encoder pass."""
-        feats = self.encode(x_hidden)
-        dense = self.decoder(feats).contiguous()
-        nxt = None if target_index is None else self._next_from_features(feats, x_hidden.shape, target_index)
-        return dense, nxt
+        if self.next_head is None:
+            raise RuntimeError("this TokenUnifyNet was built without pretraining=True: no next-token head")
+        b = x_hidden.shape[0]
+        k = math.prod(token_grid(x_hidden.shape, self.patch))
+        prefix = torch.as_tensor(prefix, dtype=torch.long, device=x_hidden.device).reshape(-1)
+        if prefix.numel() == 1:
+            prefix = prefix.expand(b)
+        if prefix.shape != (b,) or bool((prefix < 1).any()) or bool((prefix >= k).any()):
+            raise ValueError(f"prefix must be one length per sample in [1, {k}), got {prefix.tolist()}")
+        deep = self.encode(x_hidden)[-1]
+        context, context_pos = self.next_context_of(deep)
+        scaled = (tokens.to(deep.dtype) - INPUT_CENTER) / INPUT_SCALE
+        return self.next_head(scaled, prefix, context, self.token_positions(x_hidden.shape).to(deep.device), context_pos)
 
 
 def count_parameters(model: nn.Module) -> int:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from tokenunify.data.augment import AugmentConfig, augment, required_input_shape
+from tokenunify.data.augment import AugmentConfig, augment_pair, required_input_shape
 from tokenunify.data.sampler import CropSampler, resolve_region
 from tokenunify.errors import InputError
 from tokenunify.io import describe, open_volume
@@ -37,12 +37,19 @@ class UnlabeledCrops:
             sizes.append(float(np.prod(volume.shape)))
         self.weights = np.asarray(sizes) / sum(sizes)
 
-    def batch(self, batch_size: int, rng: np.random.Generator) -> torch.Tensor:
-        """`(B, 1, D, H, W)` float32 crops in [0, 1]."""
-        crops = []
+    def batch(self, batch_size: int, rng: np.random.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+        """`(inputs, clean)`: two `(B, 1, D, H, W)` float32 batches in [0, 1].
+
+        Both share the geometric and photometric augmentation; only the
+        inputs carry the degradations (noise, blur, missing sections,
+        misalignment), so the clean crops are what the loss scores.
+        """
+        inputs, clean = [], []
         for _ in range(batch_size):
             which = int(rng.choice(len(self.samplers), p=self.weights))
             raw, _ = self.samplers[which].sample(rng)
-            raw, _ = augment(raw, None, self.crop, self.augment_cfg, rng)
-            crops.append(raw[None])
-        return torch.from_numpy(np.stack(crops).astype(np.float32, copy=False))
+            x, y = augment_pair(raw, self.crop, self.augment_cfg, rng)
+            inputs.append(x[None])
+            clean.append(y[None])
+        as_tensor = lambda crops: torch.from_numpy(np.stack(crops).astype(np.float32, copy=False))  # noqa: E731
+        return as_tensor(inputs), as_tensor(clean)

@@ -1,8 +1,10 @@
 """`tokenunify pretrain`: token-prediction pretraining on unlabelled EM.
 
-Each step draws a batch of crops, picks the step's objective from the
-schedule (single, staged or mixture), draws that objective's masks and takes
-one optimiser step on the reconstruction loss of the target tokens. The run
+Each step draws a batch of crops (a degraded input and its clean target),
+picks the step's objective from the schedule (single, staged or mixture),
+draws that objective's masks and takes one optimiser step on the
+reconstruction loss of the target tokens. A staged schedule gives each stage
+its own warm-up and cosine. The run
 folder holds atomic checkpoints (with the config), `metrics.jsonl`,
 `loss_per_objective.png` and reconstruction previews (`preview_step0.png`
 from the untrained network, then `preview_<objective>.png` as training goes).
@@ -20,7 +22,7 @@ from tokenunify.errors import ConfigError
 from tokenunify.models.registry import build_model, count_parameters
 from tokenunify.pretrain.data import UnlabeledCrops
 from tokenunify.pretrain.objectives import MaskedForward, ObjectiveOutput, objective_loss
-from tokenunify.pretrain.schedule import objective_for_step
+from tokenunify.pretrain.schedule import lr_for_step, objective_for_step
 from tokenunify.pretrain.settings import PretrainSettings
 from tokenunify.report.pretrain_plots import plot_objective_losses, reconstruction_png
 from tokenunify.training.devices import resolve_device
@@ -38,6 +40,8 @@ def pretrain_model_spec(settings: PretrainSettings) -> dict[str, Any]:
                             "out_channels": 1, "anisotropic": m.anisotropic, "pretraining": True}
     if m.patch is not None:
         spec["patch"] = tuple(m.patch)
+    if m.next_context != "perceiver":
+        spec["next_context"] = m.next_context
     return spec
 
 
@@ -79,10 +83,11 @@ def pretrain(settings: PretrainSettings, resume: bool = False, overwrite: bool =
 
     def step(ctx: StepContext) -> StepOutput:
         name = objective_for_step(ctx.step, loop.steps, settings.schedule, loop.seed)
-        x = data.batch(loop.batch_size, ctx.rng.numpy).to(ctx.device)
+        x, clean = (t.to(ctx.device) for t in data.batch(loop.batch_size, ctx.rng.numpy))
         with ctx.autocast():
-            out = objective_loss(ctx.model, x, samplers[name], ctx.rng.generator, loop.normalize_targets, ctx.forward)
-        last.update(out=out, x=x, name=name)
+            out = objective_loss(ctx.model, x, samplers[name], ctx.rng.generator, loop.normalize_targets, ctx.forward,
+                                 target=clean)
+        last.update(out=out, x=clean, name=name)
         return StepOutput(out.loss, out.weight, row={"objective": name},
                           counts={"tokens": out.masks.visible.numel(), "targets": out.n_target_tokens})
 
@@ -92,11 +97,12 @@ def pretrain(settings: PretrainSettings, resume: bool = False, overwrite: bool =
 
     def start(model: torch.nn.Module) -> None:
         # The untrained network's guesses, for comparison with later previews.
-        x = data.batch(loop.batch_size, np.random.default_rng(loop.seed + 1)).to(dev)
+        x, clean = (t.to(dev) for t in data.batch(loop.batch_size, np.random.default_rng(loop.seed + 1)))
         with torch.no_grad():
             name = objective_for_step(0, loop.steps, settings.schedule, loop.seed)
-            out = objective_loss(model, x, samplers[name], torch.Generator().manual_seed(1), loop.normalize_targets)
-        preview(model, out, x, name, 0, "preview_step0.png")
+            out = objective_loss(model, x, samplers[name], torch.Generator().manual_seed(1), loop.normalize_targets,
+                                 target=clean)
+        preview(model, out, clean, name, 0, "preview_step0.png")
 
     def evaluate(model: torch.nn.Module, at: int, history: list[dict[str, Any]]) -> None:
         preview(model, last["out"], last["x"], last["name"], at, f"preview_{last['name']}.png")
@@ -105,7 +111,8 @@ def pretrain(settings: PretrainSettings, resume: bool = False, overwrite: bool =
     task = Task(kind="pretrain", step=step, evaluate=evaluate, eval_every=loop.preview_every, start=start,
                 finish=lambda history, evals: plot_objective_losses(history, run.file("loss_per_objective.png")),
                 extra=lambda history: {"tokens_seen": sum(h["tokens"] for h in history)},
-                wrap=MaskedForward, find_unused_parameters=True)
+                wrap=MaskedForward, find_unused_parameters=True,
+                lr=lambda at: lr_for_step(at, loop.steps, settings.schedule, loop.lr, loop.lr_final))
     result = run_training(settings, loop, spec, build, task, settings.out_dir, dev, resume, overwrite, progress)
     return {"out_dir": str(run.root), "steps": result.steps, "tokens_seen": sum(h["tokens"] for h in result.history),
             "parameters": count_parameters(result.model), "skipped_steps": result.skipped_steps,
@@ -114,10 +121,12 @@ def pretrain(settings: PretrainSettings, resume: bool = False, overwrite: bool =
 
 
 def _loss_summary(history: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
-    """Mean loss of the first and last 10% of each objective's steps: does it fall?"""
+    """Per objective: mean loss of its first and last 10% of steps (does it fall?), steps and mean learning rate."""
     summary = {}
     for name in sorted({h["objective"] for h in history}):
         losses = [h["loss"] for h in history if h["objective"] == name]
         tenth = max(1, len(losses) // 10)
-        summary[name] = {"first": float(np.mean(losses[:tenth])), "last": float(np.mean(losses[-tenth:])), "steps": len(losses)}
+        rates = [h["lr"] for h in history if h["objective"] == name]
+        summary[name] = {"first": float(np.mean(losses[:tenth])), "last": float(np.mean(losses[-tenth:])),
+                         "steps": len(losses), "mean_lr": float(np.mean(rates))}
     return summary

@@ -5,8 +5,10 @@ decides which tokens the network sees and which it must predict. The loss is
 shared: hidden tokens are blanked with the model's mask token, the model
 predicts, and the mean squared error is taken over the target tokens'
 (optionally per-patch normalised) voxels. Samplers whose `head` is "next"
-are scored through the Perceiver next-token head, all others through the dense
-reconstruction. A new objective is therefore one sampler class and its
+are scored through the causal next-token head (every token after the prefix,
+each from the prefix and the tokens before it), all others through the dense
+reconstruction. The truth is the clean crop where the data gives one (input
+degradations are not targets; `pretrain/data.py`). A new objective is therefore one sampler class and its
 `@register_sampler` line.
 """
 
@@ -30,12 +32,12 @@ class ObjectiveOutput:
 
     loss: Tensor
     masks: TokenMasks
-    prediction_tokens: Tensor  # (B, K, F) for dense heads; (B, 1, F) for next-token
+    prediction_tokens: Tensor  # (B, K, F); for next-token, rows before the prefix are not predictions
     n_target_tokens: int
 
     @property
     def weight(self) -> float:
-        """How many items the loss is a mean over (samples for next-token, target tokens otherwise)."""
+        """How many items the loss is a mean over: the target tokens."""
         return float(max(self.n_target_tokens, 1))
 
 
@@ -51,11 +53,12 @@ class MaskedForward(nn.Module):
         super().__init__()
         self.net = net
 
-    def forward(self, x: Tensor, visible: Tensor, next_index: Tensor | None = None) -> Tensor:
+    def forward(self, x: Tensor, visible: Tensor, prefix: Tensor | None = None) -> Tensor:
+        """Dense reconstruction `(B, C, D, H, W)`, or with `prefix` the next-token predictions `(B, K, F)`."""
         x_hidden = self.net.hide(x, visible)
-        if next_index is None:
+        if prefix is None:
             return self.net.forward_tokens(x_hidden)
-        return self.net.predict_next(x_hidden, next_index)
+        return self.net.predict_next(x_hidden, patchify(x, tuple(self.net.patch)), prefix)
 
 
 def _targets(x: Tensor, patch: tuple[int, int, int], normalize: bool) -> Tensor:
@@ -65,39 +68,43 @@ def _targets(x: Tensor, patch: tuple[int, int, int], normalize: bool) -> Tensor:
 
 def objective_loss(
     model: torch.nn.Module, x: Tensor, sampler: MaskSampler, generator: torch.Generator, normalize: bool = True,
-    forward: nn.Module | None = None,
+    forward: nn.Module | None = None, target: Tensor | None = None,
 ) -> ObjectiveOutput:
     """Draw masks with `sampler`, predict the targets of crop `x` (B,C,D,H,W), return the loss.
 
     The model must offer `hide`, `forward_tokens`, `predict_next` and `patch`
-    (see `TokenUnifyNet`). No target token's content reaches the model: it is
-    blanked by `hide` before the forward pass. `forward` is the model's
-    `MaskedForward` (or a DDP wrapper of it); by default one is made here.
+    (see `TokenUnifyNet`). No target token's content reaches the prediction
+    that scores it. `forward` is the model's `MaskedForward` (or a DDP wrapper
+    of it); by default one is made here. `target` is the clean crop the loss
+    compares with (default `x`: the network input itself).
     """
     masks = sampler(x.shape[0], math.prod(token_grid(x.shape, tuple(model.patch))), generator)
-    return masked_loss(model, x, masks, getattr(sampler, "head", "dense"), normalize, forward)
+    return masked_loss(model, x, masks, getattr(sampler, "head", "dense"), normalize, forward, target)
 
 
 def masked_loss(model: torch.nn.Module, x: Tensor, masks: TokenMasks, head: str = "dense", normalize: bool = True,
-                forward: nn.Module | None = None) -> ObjectiveOutput:
-    """The reconstruction loss of the target tokens of `masks` (scored by the `head`: "next" or "dense")."""
+                forward: nn.Module | None = None, target: Tensor | None = None) -> ObjectiveOutput:
+    """The reconstruction loss of the target tokens of `masks` (scored by the `head`: "next" or "dense").
+
+    `x` is the network input; `target` (default `x`) the crop whose tokens are the truth.
+    """
     forward = MaskedForward(model) if forward is None else forward
     patch = tuple(model.patch)
-    batch = x.shape[0]
+    target = x if target is None else target
+    if target.shape != x.shape:
+        raise ValueError(f"target {tuple(target.shape)} and input {tuple(x.shape)} differ in shape")
     visible = masks.visible.to(x.device)
-    target = masks.target.to(x.device)
-    truth = _targets(x, patch, normalize)
+    wanted = masks.target.to(x.device)
+    truth = _targets(target, patch, normalize)
     if head == "next":
-        if masks.prefix is None or not bool((target.sum(dim=1) == 1).all()):
-            raise ValueError("the next-token head needs exactly one target per sample and a prefix")
-        index = masks.prefix.to(x.device)
-        pred = forward(x, visible, index).float()
-        wanted = truth[torch.arange(batch, device=x.device), index]
-        loss = torch.mean((pred - wanted) ** 2)
-        return ObjectiveOutput(loss, masks, pred[:, None].detach(), batch)
-    dense = forward(x, visible).float()
-    pred = patchify(dense, patch)
+        if masks.prefix is None:
+            raise ValueError("the next-token head needs a prefix sampler (masks.prefix)")
+        pred = forward(x, visible, masks.prefix.to(x.device)).float()
+    elif head == "dense":
+        pred = patchify(forward(x, visible).float(), patch)
+    else:
+        raise ValueError(f"unknown head {head!r}; expected 'dense' or 'next'")
     per_token = torch.mean((pred - truth) ** 2, dim=-1)
-    weight = target.float()
+    weight = wanted.float()
     loss = (per_token * weight).sum() / weight.sum().clamp_min(1.0)
     return ObjectiveOutput(loss, masks, pred.detach(), int(weight.sum()))

@@ -19,12 +19,17 @@ class PretrainData:
 
 @dataclass
 class PretrainModel:
-    """The TokenUnify network: a size preset and the mixer (`mamba` or `vit`)."""
+    """The TokenUnify network: a size preset and the mixer (`mamba` or `vit`).
+
+    `next_context`: what the next-token head reads of the prefix, the
+    Perceiver latents or (the ablation) the deepest features themselves.
+    """
 
     preset: str = "tiny"
     mixer: Literal["mamba", "vit"] = "mamba"
     anisotropic: bool = False
     patch: tuple[int, int, int] | None = None
+    next_context: Literal["perceiver", "features"] = "perceiver"
 
 
 @dataclass

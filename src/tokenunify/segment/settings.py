@@ -47,9 +47,14 @@ class ModelSettings:
 
 @dataclass
 class LoopSettings(LoopBase):
-    """The optimisation loop (shared fields and defaults: `LoopBase`); validation every `val_every` steps."""
+    """The optimisation loop (shared fields and defaults: `LoopBase`); validation every `val_every` steps.
+
+    `freeze_encoder`: train only the decoder (a linear-probe-like test of what
+    a pretrained, or a random, encoder carries); TokenUnify networks only.
+    """
 
     val_every: int = 500
+    freeze_encoder: bool = False
 
 
 @dataclass

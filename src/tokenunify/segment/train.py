@@ -23,6 +23,7 @@ from tokenunify.data.sampler import CropSampler, resolve_region
 from tokenunify.errors import InputError
 from tokenunify.io import open_volume
 from tokenunify.io.validate import require_labels, require_raw, require_same_shape
+from tokenunify.errors import ConfigError
 from tokenunify.models.registry import build_model, count_parameters
 from tokenunify.report.plots import plot_loss_curve, preview_png
 from tokenunify.training.devices import autocast, resolve_device
@@ -181,7 +182,16 @@ def train(settings: TrainSettings, resume: bool = False, overwrite: bool = False
                 eval_every=loop.val_every, init=init, finish=finish,
                 extra=lambda history: {"offsets": [list(o) for o in settings.model.offsets],
                                        "voxel_size": list(data.voxel_size)})
-    result = run_training(settings, loop, spec, lambda: build_model(spec), task, settings.out_dir, dev,
+    def build() -> torch.nn.Module:
+        model = build_model(spec)
+        if loop.freeze_encoder:
+            encoder = getattr(model, "encoder", None)
+            if encoder is None:
+                raise ConfigError(f"train.freeze_encoder: model '{spec.get('name')}' has no encoder to freeze")
+            encoder.requires_grad_(False)
+        return model
+
+    result = run_training(settings, loop, spec, build, task, settings.out_dir, dev,
                           resume=resume, overwrite=overwrite, progress=progress)
     history, evals = result.history, result.eval_history
     return {

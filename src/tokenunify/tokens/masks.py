@@ -9,8 +9,11 @@ with boolean ``visible`` and ``target`` masks of shape (B, K).
 Registered samplers:
 
 - ``random``   (:class:`RandomMask`): MAE-style, a random subset is hidden and predicted.
-- ``next``     (:class:`NextTokenMask`): a random prefix 0..n-1 is visible, token n is the target.
-- ``next_all`` (:class:`NextAllMask`): the same prefix is visible, tokens n..K-1 are all targets.
+- ``next``     (:class:`NextTokenMask`): a random prefix 0..n-1 is visible to the
+  encoder; every token t >= n is a target, predicted from the prefix and the
+  tokens n..t-1 (teacher forcing, the causal head).
+- ``next_all`` (:class:`NextAllMask`): the same prefix is visible, tokens n..K-1 are
+  all targets, predicted at once from the prefix alone (the dense decoder).
 
 Adding an objective (hard-patch mining, any-order prediction, ...) means writing
 one subclass of :class:`MaskSampler` that implements ``sample`` and decorating
@@ -28,6 +31,7 @@ sequence, so even a bidirectional network cannot read its answer.
 
 from __future__ import annotations
 
+import math
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -86,8 +90,8 @@ class MaskSampler(ABC):
     """Base of all objectives: ``sampler(batch, n_tokens, generator) -> TokenMasks``.
 
     ``head`` says which output scores the targets: ``"dense"`` (the decoder's
-    reconstruction, for any number of targets) or ``"next"`` (the Perceiver
-    next-token head, for exactly one target per sample at ``prefix``).
+    reconstruction of the blanked crop) or ``"next"`` (the causal next-token
+    head, for the targets ``prefix .. K-1`` of a prefix sampler).
     """
 
     head: str = "dense"
@@ -237,19 +241,38 @@ class _PrefixMask(MaskSampler):
 
 @register_sampler("next")
 class NextTokenMask(_PrefixMask):
-    """Tokens 0..n-1 visible, token n the only target; n uniform in [min_prefix, max_prefix].
+    """Dense next-token prediction: tokens 0..n-1 visible, every token t >= n a target.
 
-    ``max_prefix`` defaults to (and is capped at) K-1. Scored through the
-    Perceiver next-token head.
+    Scored through the causal next-token head, which predicts token t from
+    the prefix (through the encoder and the Perceiver) and from the tokens
+    n..t-1 (teacher forcing), never from t or later. ``min_targets`` caps the
+    prefix so that at least that share of the K tokens is supervised per
+    crop (``max_prefix`` is further capped at ``K - ceil(min_targets * K)``).
     """
 
     head = "next"
+
+    def __init__(self, min_prefix: int = 1, max_prefix: int | None = None, distribution: str = "uniform",
+                 min_targets: float = 0.25) -> None:
+        super().__init__(min_prefix, max_prefix, distribution)
+        if not 0.0 < min_targets < 1.0:
+            raise ValueError(f"min_targets must be in (0, 1), got {min_targets}")
+        self.min_targets = float(min_targets)
+
+    def prefix_range(self, n_tokens: int) -> tuple[int, int]:
+        lo, hi = super().prefix_range(n_tokens)
+        hi = min(hi, n_tokens - math.ceil(self.min_targets * n_tokens))
+        if lo > hi:
+            raise ValueError(
+                f"min_prefix {self.min_prefix} leaves fewer than {self.min_targets:.0%} of {n_tokens} tokens as targets"
+            )
+        return lo, hi
 
     def sample(self, batch: int, n_tokens: int, generator: torch.Generator) -> TokenMasks:
         prefix = self.draw_prefix(batch, n_tokens, generator)
         pos = self.positions(batch, n_tokens)
         n = prefix[:, None]
-        return TokenMasks(visible=pos < n, target=pos == n, prefix=prefix)
+        return TokenMasks(visible=pos < n, target=pos >= n, prefix=prefix)
 
 
 @register_sampler("next_all")

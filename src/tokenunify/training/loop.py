@@ -89,6 +89,7 @@ class Task:
         extra: task fields stored in every checkpoint, from the history.
         wrap: builds the module whose forward the step calls (DDP wraps it).
         find_unused_parameters: for DDP, when some steps skip some parameters.
+        lr: the learning rate of a step (default: one warm-up + cosine over the run).
     """
 
     kind: str
@@ -101,6 +102,7 @@ class Task:
     extra: Callable[[list[dict[str, Any]]], dict[str, Any]] = lambda history: {}
     wrap: Callable[[nn.Module], nn.Module] | None = None
     find_unused_parameters: bool = False
+    lr: Callable[[int], float] | None = None
 
 
 @dataclass
@@ -202,7 +204,7 @@ def _run(settings: Any, loop: LoopBase, spec: dict[str, Any], build: Callable[[]
             log(f"time limit of {loop.max_minutes} min reached at step {step}")
             break
         tick = time.monotonic()
-        lr = cosine_lr(step, loop.steps, loop.lr, loop.lr_final)
+        lr = task.lr(step) if task.lr is not None else cosine_lr(step, loop.steps, loop.lr, loop.lr_final)
         for group in optimizer.param_groups:
             group["lr"] = lr
         out = task.step(StepContext(step, forward, model, rng, device, loop.bf16))

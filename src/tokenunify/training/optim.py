@@ -2,7 +2,7 @@
 
 Norm scales and shifts, biases, Mamba's `A_log` (the log of the state
 decay rates) and `D` (the skip gain), the mask token, the Perceiver's
-latents and query and positional embeddings are not shrunk towards zero:
+latents, the next-token head's start vector and positional embeddings are not shrunk towards zero:
 decaying them changes what the network computes (decay rates, offsets, a
 learned input) rather than limiting its capacity. Mamba's and MAE's
 reference training exclude the same tensors.
@@ -18,7 +18,7 @@ from torch import nn
 __all__ = ["build_optimizer", "no_decay", "parameter_groups"]
 
 # Names (last component) of tensors that are never decayed, whatever their shape.
-_NO_DECAY_NAMES = {"A_log", "D", "mask_token", "latents", "query"}
+_NO_DECAY_NAMES = {"A_log", "D", "mask_token", "latents", "start"}
 _NO_DECAY_PARTS = ("pos_embed", "position")
 
 
