@@ -21,6 +21,8 @@ from itertools import permutations
 import numpy as np
 from scipy import ndimage as ndi
 
+from tokenunify.data.intensity import degrade
+
 __all__ = ["AugmentConfig", "required_input_shape", "augment", "augment_pair"]
 
 
@@ -263,80 +265,18 @@ def _draw_geometry(in_shape, output_shape, cfg: AugmentConfig, rng: np.random.Ge
 
 
 # --------------------------------------------------------------------------
-# Intensity
 
 
-def _line_kernel(length: int, angle: float) -> np.ndarray:
-    """Normalised straight streak, bilinearly splatted (sub-pixel angles)."""
-    size = length if length % 2 else length + 1
-    k = np.zeros((size, size))
-    c = (size - 1) / 2
-    for t in np.linspace(-(length - 1) / 2, (length - 1) / 2, 2 * length):
-        y, x = c + t * math.sin(angle), c + t * math.cos(angle)
-        y0, x0 = int(math.floor(y)), int(math.floor(x))
-        fy, fx = y - y0, x - x0
-        for dy, wy in ((0, 1 - fy), (1, fy)):
-            for dx, wx in ((0, 1 - fx), (1, fx)):
-                if 0 <= y0 + dy < size and 0 <= x0 + dx < size:
-                    k[y0 + dy, x0 + dx] += wy * wx
-    return k / k.sum()
+def _nearest_index(coords: np.ndarray, shape: tuple[int, ...]) -> tuple[np.ndarray, ...]:
+    """Index arrays of the nearest input voxel of every output voxel (mirrored at the border)."""
+    return tuple(_mirror_index(np.rint(c).astype(np.intp), n) for c, n in zip(coords, shape))
 
 
-def _intensity(
-    raw: np.ndarray, cfg: AugmentConfig, rng: np.random.Generator, clean: np.ndarray | None = None
-) -> tuple[np.ndarray, np.ndarray | None]:
-    """Photometric change on ``raw`` (and ``clean``), then the degradations on ``raw`` only.
-
-    Contrast, brightness and gamma model another acquisition of the same
-    tissue, so a clean target shares them; blur, noise and missing sections
-    are damage, which a pretraining target must not contain.
-    """
-    zo = raw.shape[0]
-    do_int = rng.random() < cfg.intensity_prob
-    contrast = rng.uniform(*cfg.contrast_range)
-    bright = rng.uniform(*cfg.brightness_range)
-    lo, hi = cfg.gamma_range
-    gamma = math.exp(rng.uniform(math.log(lo), math.log(hi)))
-    jit_c = 1.0 + cfg.section_jitter * rng.standard_normal(zo)
-    jit_b = cfg.section_jitter * rng.standard_normal(zo)
-    if do_int:
-        c = (contrast * jit_c).astype(np.float32)[:, None, None]
-        b = (bright + jit_b).astype(np.float32)[:, None, None]
-        raw = np.clip((raw - 0.5) * c + 0.5 + b, 0.0, 1.0)
-        if gamma != 1.0:
-            raw = np.power(raw, np.float32(gamma))
-        if clean is not None:
-            clean = np.clip((clean - 0.5) * c + 0.5 + b, 0.0, 1.0)
-            if gamma != 1.0:
-                clean = np.power(clean, np.float32(gamma))
-    elif clean is not None:
-        clean = clean.copy()  # the degradations below write into raw in place
-
-    blur_z = np.flatnonzero(rng.random(zo) < cfg.motion_blur_prob)
-    for z in blur_z:
-        length = int(rng.integers(2, max(cfg.motion_blur_max_px, 2) + 1))
-        kern = _line_kernel(length, rng.uniform(0, math.pi)).astype(np.float32)
-        raw[z] = ndi.convolve(raw[z], kern, mode="reflect")
-
-    if rng.random() < cfg.noise_prob:
-        std = rng.uniform(*cfg.noise_std_range)
-        raw = raw + rng.standard_normal(raw.shape, dtype=np.float32) * np.float32(std)
-
-    missing = np.flatnonzero(rng.random(zo) < cfg.missing_section_prob)
-    for z in missing:
-        v = float(raw[z].mean()) if cfg.missing_value is None else cfg.missing_value
-        raw[z] = v
-    raw = np.clip(raw, 0.0, 1.0, out=raw)
-    return raw, None if clean is None else np.clip(clean, 0.0, 1.0, out=clean)
-
-
-# --------------------------------------------------------------------------
-
-
-def _resample(raw: np.ndarray, coords: np.ndarray, integer: bool) -> np.ndarray:
+def _resample(raw: np.ndarray, coords: np.ndarray, integer: bool, idx: tuple[np.ndarray, ...] | None = None) -> np.ndarray:
+    """Raw at `coords`: looked up when the transform is integer (`idx` if already computed), else linear."""
     if integer:
-        idx = [_mirror_index(np.rint(c).astype(np.intp), n) for c, n in zip(coords, raw.shape)]
-        return np.ascontiguousarray(raw[idx[0], idx[1], idx[2]], dtype=np.float32)
+        idx = _nearest_index(coords, raw.shape) if idx is None else idx
+        return np.ascontiguousarray(raw[idx], dtype=np.float32)
     out = ndi.map_coordinates(raw, coords, order=1, mode="mirror", output=np.float32, prefilter=False)
     return np.ascontiguousarray(out, dtype=np.float32)
 
@@ -383,12 +323,10 @@ def augment(
     if labels is not None and labels.shape != raw.shape:
         raise ValueError(f"labels shape {labels.shape} differs from raw shape {raw.shape}")
     coords, _, integer = _draw_geometry(raw.shape, output_shape, cfg, rng)
-    out_raw = _resample(raw, coords, integer)
-    out_labels = None
-    if labels is not None:
-        idx = [_mirror_index(np.rint(c).astype(np.intp), n) for c, n in zip(coords, raw.shape)]
-        out_labels = np.asarray(labels)[idx[0], idx[1], idx[2]]
-    out_raw, _ = _intensity(out_raw, cfg, rng)
+    idx = _nearest_index(coords, raw.shape) if labels is not None else None
+    out_raw = _resample(raw, coords, integer, idx)
+    out_labels = None if idx is None else np.asarray(labels)[idx]
+    out_raw, _ = degrade(out_raw, cfg, rng)
     return out_raw, out_labels
 
 
@@ -408,6 +346,6 @@ def augment_pair(
     coords, aligned, integer = _draw_geometry(raw.shape, output_shape, cfg, rng)
     out_raw = _resample(raw, coords, integer)
     clean = out_raw if aligned is coords else _resample(raw, aligned, integer)
-    out_raw, out_clean = _intensity(out_raw, cfg, rng, clean)
+    out_raw, out_clean = degrade(out_raw, cfg, rng, clean)
     assert out_clean is not None
     return out_raw, out_clean

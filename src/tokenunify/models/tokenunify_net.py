@@ -127,7 +127,6 @@ class TokenUnifyNet(nn.Module):
         self.next_features: nn.Module | None = None
         if next_context not in ("perceiver", "features"):
             raise ValueError(f"next_context must be 'perceiver' or 'features', got {next_context!r}")
-        self.next_context = next_context
         if pretraining:
             # A learned token lets the network tell "hidden" from "dark". It
             # starts as noise in the intensity range, not zeros: a flat masked

@@ -238,6 +238,14 @@ class _PrefixMask(MaskSampler):
         """Token index k at every (b, k), long (B, K)."""
         return torch.arange(n_tokens).expand(batch, n_tokens)
 
+    def sample(self, batch: int, n_tokens: int, generator: torch.Generator) -> TokenMasks:
+        # Both autoregressive objectives: prefix 0..n-1 visible, n..K-1 the targets;
+        # they differ in the head that predicts them and in the prefix range.
+        prefix = self.draw_prefix(batch, n_tokens, generator)
+        pos = self.positions(batch, n_tokens)
+        n = prefix[:, None]
+        return TokenMasks(visible=pos < n, target=pos >= n, prefix=prefix)
+
 
 @register_sampler("next")
 class NextTokenMask(_PrefixMask):
@@ -268,22 +276,10 @@ class NextTokenMask(_PrefixMask):
             )
         return lo, hi
 
-    def sample(self, batch: int, n_tokens: int, generator: torch.Generator) -> TokenMasks:
-        prefix = self.draw_prefix(batch, n_tokens, generator)
-        pos = self.positions(batch, n_tokens)
-        n = prefix[:, None]
-        return TokenMasks(visible=pos < n, target=pos >= n, prefix=prefix)
-
 
 @register_sampler("next_all")
 class NextAllMask(_PrefixMask):
     """Tokens 0..n-1 visible, all of n..K-1 targets (predicted at once, so errors cannot compound)."""
-
-    def sample(self, batch: int, n_tokens: int, generator: torch.Generator) -> TokenMasks:
-        prefix = self.draw_prefix(batch, n_tokens, generator)
-        pos = self.positions(batch, n_tokens)
-        n = prefix[:, None]
-        return TokenMasks(visible=pos < n, target=pos >= n, prefix=prefix)
 
 
 def hide_tokens(
