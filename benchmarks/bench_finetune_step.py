@@ -28,10 +28,10 @@ import torch
 
 from tokenunify.data.augment import required_input_shape
 from tokenunify.data.synthetic import make_synthetic_volume
+from tokenunify.finetune import train as ft
 from tokenunify.io import write_volume
 from tokenunify.models.registry import build_model, count_parameters
 from tokenunify.runtime import tune_malloc
-from tokenunify.segment import train as ft
 from tokenunify.study.plan import plan_study
 from tokenunify.study.run_study import load_study
 

@@ -25,10 +25,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from tokenunify.runtime import tune_malloc
-
 from tokenunify.models.unet import build_unet, count_parameters
-from tokenunify.segment.predict import block_starts, predict_blockwise
+from tokenunify.predict.inference import block_starts, predict_blockwise
+from tokenunify.runtime import tune_malloc
 
 
 def _parse() -> argparse.Namespace:
@@ -48,7 +47,7 @@ def _parse() -> argparse.Namespace:
     return p.parse_args()
 
 
-def _make_out(shape: tuple[int, ...], use_zarr: bool, tmp: Path, tag: str):  # noqa: ANN202
+def _make_out(shape: tuple[int, ...], use_zarr: bool, tmp: Path, tag: str):
     if not use_zarr:
         return np.zeros(shape, dtype=np.float32)
     import zarr

@@ -20,8 +20,9 @@ from scipy import ndimage
 
 from tokenunify.evaluate.sweep import format_markdown_table
 from tokenunify.io import open_volume
-from tokenunify.segment.pipeline import sweep_scores
-from tokenunify.segment.settings import NEAREST, SegmentSettings
+from tokenunify.offsets import NEAREST
+from tokenunify.postprocess.pipeline import sweep_scores
+from tokenunify.postprocess.settings import SegmentSettings
 
 
 def intensity_affinities(raw: np.ndarray, sigma: float) -> np.ndarray:

@@ -75,7 +75,7 @@ def test_train_predict_segment_evaluate(run_cli, synthetic):
 
 
 def test_mutex_watershed_segment(run_cli, synthetic, tmp_path):
-    from tokenunify.segment.affinities import affinities_from_labels
+    from tokenunify.finetune.affinities import affinities_from_labels
 
     labels = open_volume(f"{synthetic}/d.h5:labels").read()
     offsets = [[-1, 0, 0], [0, -1, 0], [0, 0, -1], [0, -4, 0], [0, 0, -4]]

@@ -6,7 +6,7 @@ import pytest
 
 from tokenunify.config import apply_overrides, from_dict, load_yaml
 from tokenunify.errors import ConfigError
-from tokenunify.segment.settings import TrainSettings
+from tokenunify.finetune.settings import TrainSettings
 
 
 def test_overrides_parse_yaml_values():

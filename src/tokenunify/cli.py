@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
-from typing import List, Optional
 
 import typer
 
@@ -24,7 +23,7 @@ CONFIG_HELP = "YAML config; later KEY=VALUE arguments override it (e.g. train.st
 DEVICE_HELP = "auto (CUDA where present), cpu, cuda or cuda:N. Under torchrun each rank takes its local GPU."
 
 
-def _triple(values: Optional[List[int]], name: str) -> Optional[tuple[int, int, int]]:
+def _triple(values: list[int] | None, name: str) -> tuple[int, int, int] | None:
     if values is None:
         return None
     if len(values) != 3:
@@ -34,19 +33,19 @@ def _triple(values: Optional[List[int]], name: str) -> Optional[tuple[int, int, 
 
 @app.command(epilog="Example: tokenunify train --config configs/fib_medulla.yaml train.steps=2000 out_dir=runs/fib")
 def train(
-    overrides: List[str] = typer.Argument(None, help="KEY=VALUE config overrides."),
+    overrides: list[str] = typer.Argument(None, help="KEY=VALUE config overrides."),
     config: Path = typer.Option(..., "--config", "-c", help=CONFIG_HELP),
     resume: bool = typer.Option(False, help="Continue the run in out_dir from its last checkpoint."),
     overwrite: bool = typer.Option(False, help="Start again even if out_dir holds a run."),
-    init: Optional[Path] = typer.Option(None, help="Initialise the network from this checkpoint (fine-tuning)."),
+    init: Path | None = typer.Option(None, help="Initialise the network from this checkpoint (fine-tuning)."),
     allow_mismatch: bool = typer.Option(False, help="With --init: keep tensors outside the task head that are missing from the checkpoint or differ in shape at their fresh initialisation instead of failing."),
     progress: bool = typer.Option(True, help="Show a progress bar."),
     device: str = typer.Option("auto", help=DEVICE_HELP),
 ) -> None:
     """Train an affinity network on labelled EM (checkpoints, validation VOI/ARAND, loss PNG)."""
     from tokenunify.config import apply_overrides, from_dict, load_yaml
-    from tokenunify.segment.settings import TrainSettings
-    from tokenunify.segment.train import train as run_train
+    from tokenunify.finetune.settings import TrainSettings
+    from tokenunify.finetune.train import train as run_train
 
     raw = apply_overrides(load_yaml(config), list(overrides or []))
     if init is not None:
@@ -62,7 +61,7 @@ def train(
 
 @app.command(epilog="Example: tokenunify study -c configs/study_fib.yaml (add --quick for the 10-minute smoke run)")
 def study(
-    overrides: List[str] = typer.Argument(None, help="KEY=VALUE config overrides (e.g. seeds=[0,1,2])."),
+    overrides: list[str] = typer.Argument(None, help="KEY=VALUE config overrides (e.g. seeds=[0,1,2])."),
     config: Path = typer.Option(Path("configs/study_fib.yaml"), "--config", "-c", help=CONFIG_HELP),
     quick: bool = typer.Option(False, help="Apply the config's `quick` overrides: every stage, tiny budgets."),
     report_only: bool = typer.Option(False, help="Rebuild the report from finished stages; run nothing."),
@@ -82,7 +81,7 @@ def study(
 
 @app.command(epilog="Example: tokenunify pretrain --config configs/pretrain_fib.yaml schedule.kind=staged train.steps=600")
 def pretrain(
-    overrides: List[str] = typer.Argument(None, help="KEY=VALUE config overrides."),
+    overrides: list[str] = typer.Argument(None, help="KEY=VALUE config overrides."),
     config: Path = typer.Option(..., "--config", "-c", help=CONFIG_HELP),
     resume: bool = typer.Option(False, help="Continue the run in out_dir from its last checkpoint."),
     overwrite: bool = typer.Option(False, help="Start again even if out_dir holds a run."),
@@ -117,15 +116,15 @@ def predict(
     model: Path = typer.Option(..., help="Checkpoint written by `tokenunify train`."),
     input: str = typer.Option(..., "--input", "-i", help="Raw EM volume, PATH:DATASET."),
     output: str = typer.Option(..., "--output", "-o", help="Affinities to write, PATH:DATASET (zarr recommended)."),
-    block: Optional[List[int]] = typer.Option(None, help="Block shape z y x (default: from the checkpoint's config)."),
-    overlap: Optional[List[int]] = typer.Option(None, help="Overlap between blocks z y x."),
-    bf16: Optional[bool] = typer.Option(None, "--bf16/--fp32", help="bf16 autocast (on the chosen device)."),
+    block: list[int] | None = typer.Option(None, help="Block shape z y x (default: from the checkpoint's config)."),
+    overlap: list[int] | None = typer.Option(None, help="Overlap between blocks z y x."),
+    bf16: bool | None = typer.Option(None, "--bf16/--fp32", help="bf16 autocast (on the chosen device)."),
     overwrite: bool = typer.Option(False, help="Replace an existing output."),
     progress: bool = typer.Option(True, help="Show a progress bar."),
     device: str = typer.Option("auto", help="auto (CUDA where present), cpu, cuda or cuda:N."),
 ) -> None:
     """Predict affinities blockwise over a volume of any size (Gaussian-blended overlaps, output to zarr)."""
-    from tokenunify.segment.run_predict import predict_volume
+    from tokenunify.predict.run import predict_volume
 
     result = predict_volume(model, input, output, _triple(block, "--block"), _triple(overlap, "--overlap"), bf16, overwrite, progress, device)
     typer.echo(f"wrote {output} {tuple(result['shape'])} in {result['seconds']:.1f} s ({result['voxels_per_second']:.0f} voxels/s)")
@@ -137,19 +136,19 @@ def segment(
     output: str = typer.Option(..., "--output", "-o", help="Segmentation to write, PATH:DATASET."),
     method: str = typer.Option("waterz", help="waterz (fragments + agglomeration) or mws (mutex watershed)."),
     fragments: str = typer.Option("3d", help="Watershed fragments: 2d per section (anisotropic ssTEM) or 3d (isotropic)."),
-    threshold: Optional[float] = typer.Option(None, help="One agglomeration threshold (mws: the bias)."),
-    thresholds: Optional[List[float]] = typer.Option(None, help="Thresholds to sweep (with --gt)."),
-    gt: Optional[str] = typer.Option(None, help="Ground truth, PATH:DATASET: sweep, score and keep the best threshold."),
-    raw: Optional[str] = typer.Option(None, help="Raw EM for the preview PNG."),
-    preview: Optional[Path] = typer.Option(None, help="Write a PNG preview (raw, affinities, segmentation)."),
+    threshold: float | None = typer.Option(None, help="One agglomeration threshold (mws: the bias)."),
+    thresholds: list[float] | None = typer.Option(None, help="Thresholds to sweep (with --gt)."),
+    gt: str | None = typer.Option(None, help="Ground truth, PATH:DATASET: sweep, score and keep the best threshold."),
+    raw: str | None = typer.Option(None, help="Raw EM for the preview PNG."),
+    preview: Path | None = typer.Option(None, help="Write a PNG preview (raw, affinities, segmentation)."),
     overwrite: bool = typer.Option(False, help="Replace an existing output."),
     progress: bool = typer.Option(True, help="Show a progress bar."),
 ) -> None:
     """Turn affinities into a neuron segmentation (watershed + waterz, or mutex watershed)."""
     from tokenunify.config import from_dict
     from tokenunify.evaluate.sweep import format_markdown_table
-    from tokenunify.segment.run_segment import segment_volume
-    from tokenunify.segment.settings import SegmentSettings
+    from tokenunify.postprocess.run import segment_volume
+    from tokenunify.postprocess.settings import SegmentSettings
 
     cfg: dict = {"method": method, "fragments": fragments}
     if thresholds:
@@ -165,7 +164,7 @@ def segment(
         _segment_preview(preview, raw, result, gt)
 
 
-def _segment_preview(path: Path, raw_spec: Optional[str], result: dict, gt_spec: Optional[str]) -> None:
+def _segment_preview(path: Path, raw_spec: str | None, result: dict, gt_spec: str | None) -> None:
     import numpy as np
 
     from tokenunify.io import open_volume

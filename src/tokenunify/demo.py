@@ -19,12 +19,12 @@ from tokenunify.config import from_dict
 from tokenunify.data.synthetic import make_synthetic_volume
 from tokenunify.errors import OutputError
 from tokenunify.evaluate.sweep import format_markdown_table
+from tokenunify.finetune.settings import TrainSettings
+from tokenunify.finetune.train import train
 from tokenunify.io import open_volume, write_volume
+from tokenunify.postprocess.run import segment_volume
+from tokenunify.predict.run import predict_volume
 from tokenunify.report.plots import plot_sweep, preview_png
-from tokenunify.segment.run_predict import predict_volume
-from tokenunify.segment.run_segment import segment_volume
-from tokenunify.segment.settings import TrainSettings
-from tokenunify.segment.train import train
 
 DEMO_SHAPE = (32, 192, 192)
 DEMO_VOXEL = (40, 8, 8)

@@ -8,6 +8,7 @@ from typing import Any
 import pytest
 import torch
 
+from tokenunify.finetune.init import load_pretrained
 from tokenunify.io.checkpoint import save_checkpoint
 from tokenunify.models.mixers import make_mixer, sincos_position_encoding
 from tokenunify.models.next_head import CausalNextHead
@@ -20,7 +21,6 @@ from tokenunify.models.tokenunify_net import (
     count_parameters,
     list_presets,
 )
-from tokenunify.segment.init import load_pretrained
 from tokenunify.tokens.patchify import patchify, token_grid
 
 MIXERS = ("mamba", "vit")

@@ -8,12 +8,12 @@ import torch
 from tokenunify.config import from_dict
 from tokenunify.data.synthetic import make_synthetic_volume
 from tokenunify.errors import ConfigError
+from tokenunify.finetune.settings import TrainSettings
+from tokenunify.finetune.train import train
 from tokenunify.io import write_volume
 from tokenunify.io.checkpoint import load_checkpoint
 from tokenunify.pretrain.loop import pretrain
 from tokenunify.pretrain.settings import PretrainSettings
-from tokenunify.segment.settings import TrainSettings
-from tokenunify.segment.train import train
 
 
 @pytest.fixture(scope="module")
@@ -88,7 +88,7 @@ def test_fine_tune_from_pretrained(volumes, tmp_path, capsys, monkeypatch):
         "init": str(tmp_path / "pre" / "checkpoints" / "last.pt"),
         "out_dir": str(tmp_path / "fine"),
     })
-    from tokenunify.segment import train as train_module
+    from tokenunify.finetune import train as train_module
 
     printed_before_first_step = []
     real_make_batch = train_module.make_batch
@@ -107,9 +107,9 @@ def test_fine_tune_from_pretrained(volumes, tmp_path, capsys, monkeypatch):
     assert {"mask_token"} <= set(report["unused"])
     # the fine-tuned run started from the pretrained encoder: its step-0 weights are the checkpoint's
     pre = load_checkpoint(tmp_path / "pre" / "checkpoints" / "last.pt")["model"]
+    from tokenunify.finetune.init import load_pretrained
+    from tokenunify.finetune.train import HEAD_PREFIXES, model_spec
     from tokenunify.models.registry import build_model
-    from tokenunify.segment.init import load_pretrained
-    from tokenunify.segment.train import HEAD_PREFIXES, model_spec
 
     fresh = build_model(model_spec(fine))
     load_pretrained(fresh, fine.init, head_prefixes=HEAD_PREFIXES, offsets=fine.model.offsets)

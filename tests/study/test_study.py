@@ -165,7 +165,7 @@ def test_killed_stage_resumes_from_its_checkpoint(data, monkeypatch, tmp_path):
     raw["finetune"]["train"]["steps"] = 3
     config = tmp_path / "study.yaml"
     config.write_text(yaml.safe_dump(raw))
-    from tokenunify.segment import train as train_module
+    from tokenunify.finetune import train as train_module
 
     real = train_module.make_batch
     calls = {"n": 0}

@@ -19,9 +19,9 @@ import sys
 
 import torch
 
+from tokenunify.finetune.train import fine_tune_step
 from tokenunify.models.registry import build_model
 from tokenunify.pretrain.objectives import MaskedForward, masked_loss
-from tokenunify.segment.train import fine_tune_step
 from tokenunify.tokens.masks import TokenMasks
 from tokenunify.training import distributed
 from tokenunify.training.step import StepOutput, optimizer_step

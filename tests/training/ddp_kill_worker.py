@@ -11,7 +11,7 @@ import os
 import signal
 
 from tokenunify import cli
-from tokenunify.segment import train as train_module
+from tokenunify.finetune import train as train_module
 
 real_make_batch = train_module.make_batch
 calls = {"n": 0}

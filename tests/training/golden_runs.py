@@ -90,10 +90,10 @@ def summarise(out: Path) -> dict[str, Any]:
 
 def run_all(folder: Path) -> dict[str, Any]:
     """Run every golden config in `folder`; returns their summaries by name."""
-    from tokenunify.pretrain.settings import PretrainSettings
-    from tokenunify.segment.settings import TrainSettings
+    from tokenunify.finetune.settings import TrainSettings
+    from tokenunify.finetune.train import train
     from tokenunify.pretrain.loop import pretrain
-    from tokenunify.segment.train import train
+    from tokenunify.pretrain.settings import PretrainSettings
 
     data = make_data(folder)
     results = {}

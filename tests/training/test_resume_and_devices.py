@@ -7,9 +7,9 @@ import torch
 
 from tokenunify.config import from_dict
 from tokenunify.errors import ConfigError
+from tokenunify.finetune.settings import TrainSettings
+from tokenunify.finetune.train import fine_tune_step, train
 from tokenunify.models.registry import build_model
-from tokenunify.segment.settings import TrainSettings
-from tokenunify.segment.train import fine_tune_step, train
 from tokenunify.training.devices import resolve_device
 from tokenunify.training.resume import changed_keys
 

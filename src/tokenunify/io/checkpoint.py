@@ -21,7 +21,6 @@ from __future__ import annotations
 import os
 import pickle
 import re
-import uuid
 from collections import Counter, OrderedDict
 from pathlib import Path, PurePath
 from typing import Any
@@ -30,6 +29,7 @@ import numpy as np
 import torch
 
 from tokenunify.errors import InputError
+from tokenunify.io.atomic import atomic_path
 
 FORMAT_VERSION = 1
 
@@ -123,15 +123,10 @@ def save_checkpoint(path: str | Path, payload: dict[str, Any]) -> Path:
     """
     path = Path(path)
     data = to_checkpoint_data({"format_version": FORMAT_VERSION, **payload})
-    path.parent.mkdir(parents=True, exist_ok=True)
-    staging = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
-    try:
+    with atomic_path(path) as staging:
         torch.save(data, staging)
         with open(staging, "rb") as handle:
             os.fsync(handle.fileno())
-        os.replace(staging, path)
-    finally:
-        staging.unlink(missing_ok=True)
     return path
 
 

@@ -17,7 +17,7 @@ One class serves both phases of the method:
 Encoder and decoder parameters have the same names and shapes in both
 configurations; only ``decoder.head`` (its channel count) and the
 pretraining-only ``perceiver``, ``next_head``, ``next_features`` and ``mask_token`` differ, so
-:func:`tokenunify.segment.init.load_pretrained` (with ``head_prefixes`` naming
+:func:`tokenunify.finetune.init.load_pretrained` (with ``head_prefixes`` naming
 ``decoder.head.``, which then stays freshly initialised) moves a pretrained
 backbone into a segmentation model by name.
 """

@@ -9,18 +9,20 @@ from typing import Any
 import matplotlib
 
 matplotlib.use("Agg")  # headless machines and CI have no display
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
+import matplotlib.pyplot as plt
+import numpy as np
+
+from tokenunify.io.atomic import atomic_path
 
 
-def _save(fig: Any, path: str | Path) -> Path:
-    """Save via a temporary name so a reader never sees half a PNG."""
+def save_figure(fig: Any, path: str | Path) -> Path:
+    """Save a figure atomically (a reader never sees half a PNG) and close it."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    staging = path.with_name(f".{path.stem}.tmp.png")
-    fig.savefig(staging, dpi=110, bbox_inches="tight")
-    plt.close(fig)
-    staging.replace(path)
+    try:
+        with atomic_path(path) as staging:
+            fig.savefig(staging, dpi=110, bbox_inches="tight")
+    finally:
+        plt.close(fig)
     return path
 
 
@@ -49,7 +51,7 @@ def plot_loss_curve(
         ax2.set_xlabel("step")
         ax2.set_title("validation")
         ax2.legend()
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def _label_colours(seg: np.ndarray, seed: int = 3) -> np.ndarray:
@@ -90,7 +92,7 @@ def preview_png(
         ax.set_title(name, fontsize=9)
         ax.axis("off")
     fig.suptitle(f"{title} z={z}".strip())
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def plot_sweep(rows: Sequence[dict[str, Any]], path: str | Path, title: str = "threshold sweep") -> Path:
@@ -104,4 +106,4 @@ def plot_sweep(rows: Sequence[dict[str, Any]], path: str | Path, title: str = "t
     ax.set_xlabel("agglomeration threshold")
     ax.set_title(title)
     ax.legend()
-    return _save(fig, path)
+    return save_figure(fig, path)

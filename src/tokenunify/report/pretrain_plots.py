@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from tokenunify.report.plots import _save, plt
+from tokenunify.report.plots import plt, save_figure
 from tokenunify.tokens.patchify import patchify, unpatchify
 
 
@@ -28,7 +28,7 @@ def plot_objective_losses(history: Sequence[dict[str, Any]], path: str | Path) -
         ax.set_title(f"{name} ({len(rows)} steps)")
         ax.set_xlabel("step")
         ax.set_ylabel("loss on target tokens")
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def _denormalise(pred: torch.Tensor, truth: torch.Tensor, normalized: bool) -> torch.Tensor:
@@ -80,4 +80,4 @@ def reconstruction_png(
             axes[r, c].set_title(f"{name}, z={z}", fontsize=8)
             axes[r, c].axis("off")
     fig.suptitle(title)
-    return _save(fig, path)
+    return save_figure(fig, path)

@@ -15,8 +15,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
+from tokenunify.finetune.settings import TrainSettings
 from tokenunify.pretrain.settings import PretrainSettings
-from tokenunify.segment.settings import TrainSettings
 from tokenunify.study.settings import ArmSettings, StudySettings
 
 Kind = Literal["pretrain", "finetune"]

@@ -15,21 +15,16 @@ from typing import Any
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import yaml  # noqa: E402
+import matplotlib.pyplot as plt
+import numpy as np
+import yaml
 
-from tokenunify.study import aggregate as agg  # noqa: E402
-from tokenunify.study.settings import StudySettings  # noqa: E402
+from tokenunify.io.atomic import write_text_atomic
+from tokenunify.report.plots import save_figure
+from tokenunify.study import aggregate as agg
+from tokenunify.study.settings import StudySettings
 
 FIGURES = {"voi": "study_voi.png", "curve": "study_curve.png", "scaling": "study_scaling.png"}
-
-
-def _save(fig: Any, path: Path) -> None:
-    staging = path.with_name(f".{path.stem}.tmp.png")
-    fig.savefig(staging, dpi=110, bbox_inches="tight")
-    plt.close(fig)
-    staging.replace(path)
 
 
 def plot_voi(summary: Sequence[dict[str, Any]], path: Path, floor: dict[str, float] | None = None) -> None:
@@ -51,7 +46,7 @@ def plot_voi(summary: Sequence[dict[str, Any]], path: Path, floor: dict[str, flo
         ax.set_xlabel("label budget")
     axes[0].legend(fontsize=8)
     fig.suptitle("validation z 120-159, mean ± std over seeds")
-    _save(fig, path)
+    save_figure(fig, path)
 
 
 def plot_curves(curves: dict[str, list[dict[str, Any]]], path: Path) -> None:
@@ -75,7 +70,7 @@ def plot_curves(curves: dict[str, list[dict[str, Any]]], path: Path) -> None:
     ax.set_xlabel("fine-tuning step")
     ax.set_ylabel("validation VOI (lower is better)")
     ax.legend(fontsize=7)
-    _save(fig, path)
+    save_figure(fig, path)
 
 
 def plot_scaling(points: Sequence[dict[str, Any]], path: Path) -> None:
@@ -91,7 +86,7 @@ def plot_scaling(points: Sequence[dict[str, Any]], path: Path) -> None:
     ax.set_xlabel("parameters")
     ax.set_ylabel("validation VOI")
     ax.legend(fontsize=8)
-    _save(fig, path)
+    save_figure(fig, path)
 
 
 def scaling_points(rows: Sequence[dict[str, Any]], study: StudySettings) -> list[dict[str, Any]]:
@@ -209,16 +204,12 @@ def write_report(study: StudySettings, results: Sequence[dict[str, Any]], meta: 
         "tokens_seen": {r["key"]: r["tokens_seen"] for r in results if r["kind"] == "pretrain"},
         "all_finite": agg.all_finite(rows),
     }
-    staging = out / ".results.json.tmp"
-    staging.write_text(json.dumps(report, indent=1, default=float))
-    staging.replace(out / "results.json")
+    write_text_atomic(out / "results.json", json.dumps(report, indent=1, default=float))
     if summary:
         plot_voi(summary, out / FIGURES["voi"], {"voi": study.floor.voi, "arand": study.floor.arand})
     if curves:
         plot_curves(curves, out / FIGURES["curve"])
     if len({p["preset"] for p in report["scaling"]}) > 1:
         plot_scaling(report["scaling"], out / FIGURES["scaling"])
-    staging = out / ".results.md.tmp"
-    staging.write_text(markdown(report))
-    staging.replace(out / "results.md")
+    write_text_atomic(out / "results.md", markdown(report))
     return report

@@ -21,19 +21,21 @@ import hashlib
 import json
 import multiprocessing
 import time
+from collections.abc import Callable
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 from tqdm import tqdm
 
 from tokenunify.config import to_dict
 from tokenunify.errors import OutputError, TokenUnifyError
+from tokenunify.finetune.train import train
+from tokenunify.io.atomic import write_text_atomic
 from tokenunify.pretrain.loop import pretrain
-from tokenunify.training.run_folder import RunFolder
-from tokenunify.segment.train import train
 from tokenunify.study.plan import Stage
+from tokenunify.training.run_folder import RunFolder
 
 RESULT = "result.json"
 
@@ -93,10 +95,7 @@ def run_stage(root: Path, stage: Stage, progress: bool, device: str = "auto") ->
               "budget": stage.budget, "part": stage.part, "steps": summary["steps"],
               "parameters": summary["parameters"], "minutes_this_call": (time.monotonic() - started) / 60,
               "resumed": resume, "fingerprint": fingerprint(stage), **body}
-    path = folder.root / RESULT
-    staging = path.with_name(f".{RESULT}.tmp")
-    staging.write_text(json.dumps(result, indent=1, default=float))
-    staging.replace(path)
+    write_text_atomic(folder.root / RESULT, json.dumps(result, indent=1, default=float))
     return result
 
 

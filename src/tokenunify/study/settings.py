@@ -10,9 +10,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from tokenunify.finetune.settings import TrainSettings
 from tokenunify.pretrain.schedule import ScheduleSettings
 from tokenunify.pretrain.settings import PretrainSettings
-from tokenunify.segment.settings import TrainSettings
 
 SCRATCH = "scratch"
 

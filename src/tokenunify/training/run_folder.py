@@ -15,6 +15,7 @@ import yaml
 
 from tokenunify.config import to_dict
 from tokenunify.errors import InputError, OutputError
+from tokenunify.io.atomic import write_text_atomic
 
 
 @dataclass
@@ -49,12 +50,8 @@ class RunFolder:
     def write_config(self, settings: Any) -> None:
         """Record the full, resolved config next to the checkpoints."""
         self.root.mkdir(parents=True, exist_ok=True)
-        staging = self.file(".config.yaml.tmp")
-        staging.write_text(yaml.safe_dump(to_dict(settings), sort_keys=False))
-        staging.replace(self.file("config.yaml"))
+        write_text_atomic(self.file("config.yaml"), yaml.safe_dump(to_dict(settings), sort_keys=False))
 
     def write_metrics(self, rows: list[dict[str, Any]]) -> None:
         """Rewrite `metrics.jsonl` from the history (atomically, so resumes never duplicate rows)."""
-        staging = self.metrics.with_name(f".{self.metrics.name}.tmp")
-        staging.write_text("".join(json.dumps(row, default=float) + "\n" for row in rows))
-        staging.replace(self.metrics)
+        write_text_atomic(self.metrics, "".join(json.dumps(row, default=float) + "\n" for row in rows))

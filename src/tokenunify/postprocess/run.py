@@ -13,21 +13,9 @@ import numpy as np
 from tokenunify.errors import InputError
 from tokenunify.io import check_output, open_volume, write_volume
 from tokenunify.io.validate import require_affinities, require_labels
-from tokenunify.segment.pipeline import segmentations, sweep_scores
-from tokenunify.segment.settings import NEAREST, SegmentSettings
-
-
-def affinity_offsets(attrs: Any, n_channels: int, where: str) -> list[tuple[int, int, int]]:
-    """Offsets stored with the affinities by `predict`, or the nearest neighbours for 3 channels."""
-    stored = attrs.get("offsets") if hasattr(attrs, "get") else None
-    if stored is not None:
-        offsets = [tuple(int(v) for v in o) for o in np.asarray(stored).tolist()]
-        if len(offsets) != n_channels:
-            raise InputError(where, f"stores {len(offsets)} offsets for {n_channels} channels")
-        return offsets
-    if n_channels == 3:
-        return list(NEAREST)
-    raise InputError(where, f"has {n_channels} channels but no 'offsets' attribute saying what they are")
+from tokenunify.offsets import offsets_from_attrs
+from tokenunify.postprocess.pipeline import segmentations, sweep_scores
+from tokenunify.postprocess.settings import SegmentSettings
 
 
 def segment_volume(
@@ -47,7 +35,7 @@ def segment_volume(
     check_output(output_spec, overwrite)
     affs_vol = open_volume(affs_spec)
     require_affinities(affs_vol)
-    offsets = affinity_offsets(affs_vol.attrs, affs_vol.shape[0], affs_spec)
+    offsets = offsets_from_attrs(affs_vol.attrs, affs_vol.shape[0], affs_spec)
     gt = None
     if gt_spec is not None:
         gt_vol = open_volume(gt_spec)
@@ -63,7 +51,7 @@ def segment_volume(
         # Without ground truth there is nothing to choose by: one threshold.
         value = threshold if threshold is not None else settings.thresholds[len(settings.thresholds) // 2]
         ((value, seg),) = segmentations(affs, offsets, settings, [value])
-        best = {"threshold": float(value), "n_seg_ids": int(len(np.unique(seg)))}
+        best = {"threshold": float(value), "n_seg_ids": len(np.unique(seg))}
         rows = [best]
     write_volume(output_spec, seg.astype(np.uint64), affs_vol.voxel_size, overwrite=overwrite,
                  attrs={"threshold": best["threshold"], "method": settings.method, "affinities": affs_spec})

@@ -14,21 +14,10 @@ from tqdm import tqdm
 
 from tokenunify.evaluate.metrics import evaluate_segmentation
 from tokenunify.evaluate.sweep import best_row, row_rank
-from tokenunify.segment.agglomerate import mutex_watershed, waterz_sweep
-from tokenunify.segment.fragments import watershed_fragments
-from tokenunify.segment.settings import NEAREST, SegmentSettings
-
-Offset = tuple[int, int, int]
-
-
-def nearest_channels(affs: np.ndarray, offsets: Sequence[Offset]) -> np.ndarray:
-    """The three nearest-neighbour channels (z, y, x order) that waterz expects."""
-    offsets = [tuple(int(v) for v in o) for o in offsets]
-    try:
-        index = [offsets.index(o) for o in NEAREST]
-    except ValueError:
-        raise ValueError(f"affinity offsets {offsets} lack the nearest neighbours {NEAREST}") from None
-    return np.ascontiguousarray(affs[index], dtype=np.float32)
+from tokenunify.offsets import Offset, nearest_channels
+from tokenunify.postprocess.agglomerate import mutex_watershed, waterz_sweep
+from tokenunify.postprocess.fragments import watershed_fragments
+from tokenunify.postprocess.settings import SegmentSettings
 
 
 def segmentations(

@@ -16,35 +16,10 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from tokenunify.offsets import NEAREST, check_offsets
+
+# kept for callers of the old name; the convention lives in tokenunify.offsets
 Offset = tuple[int, ...]
-
-#: The three nearest-neighbour offsets, one per axis, pointing "backwards" so
-#: that channel order matches the z, y, x axis order used by waterz.
-DEFAULT_OFFSETS: tuple[tuple[int, int, int], ...] = ((-1, 0, 0), (0, -1, 0), (0, 0, -1))
-
-#: A common long-range set (Lee et al. 2017 style): nearest neighbours plus a
-#: few longer edges that help the network learn to see across thin membranes.
-LONG_RANGE_OFFSETS: tuple[tuple[int, int, int], ...] = DEFAULT_OFFSETS + (
-    (-2, 0, 0),
-    (0, -8, 0),
-    (0, 0, -8),
-)
-
-
-def _check_offsets(offsets: Sequence[Sequence[int]], ndim: int) -> list[Offset]:
-    checked: list[Offset] = []
-    for off in offsets:
-        off_t = tuple(int(o) for o in off)
-        if len(off_t) != ndim:
-            raise ValueError(f"offset {off_t} has {len(off_t)} components, labels have {ndim} axes")
-        if all(o == 0 for o in off_t):
-            # A zero offset would make every labelled voxel its own positive
-            # edge, which is never what a caller means.
-            raise ValueError("offset (0, ..., 0) is not a valid affinity offset")
-        checked.append(off_t)
-    if not checked:
-        raise ValueError("at least one offset is required")
-    return checked
 
 
 def _edge_slices(
@@ -69,7 +44,7 @@ def _edge_slices(
 
 def affinities_from_labels(
     labels: np.ndarray,
-    offsets: Sequence[Sequence[int]] = DEFAULT_OFFSETS,
+    offsets: Sequence[Sequence[int]] = NEAREST,
 ) -> np.ndarray:
     """Binary affinities of a label volume.
 
@@ -85,7 +60,7 @@ def affinities_from_labels(
         voxels whose neighbour falls outside the volume.
     """
     labels = np.asarray(labels)
-    offs = _check_offsets(offsets, labels.ndim)
+    offs = check_offsets(offsets, labels.ndim)
     affs = np.zeros((len(offs),) + labels.shape, dtype=np.float32)
     for c, off in enumerate(offs):
         sl = _edge_slices(labels.shape, off)
@@ -100,7 +75,7 @@ def affinities_from_labels(
 
 def affinity_mask(
     labels: np.ndarray,
-    offsets: Sequence[Sequence[int]] = DEFAULT_OFFSETS,
+    offsets: Sequence[Sequence[int]] = NEAREST,
     ignore_zero: bool = False,
     valid: np.ndarray | None = None,
 ) -> np.ndarray:
@@ -128,7 +103,7 @@ def affinity_mask(
         float32 array ``(len(offsets), *labels.shape)`` of 0 / 1.
     """
     labels = np.asarray(labels)
-    offs = _check_offsets(offsets, labels.ndim)
+    offs = check_offsets(offsets, labels.ndim)
     voxel_ok: np.ndarray | None = None
     if valid is not None:
         valid = np.asarray(valid, dtype=bool)

@@ -20,23 +20,25 @@ from tqdm import tqdm
 
 from tokenunify.data.augment import augment, required_input_shape
 from tokenunify.data.sampler import CropSampler, resolve_region
-from tokenunify.errors import InputError
+from tokenunify.errors import ConfigError, InputError
+from tokenunify.finetune.affinities import (
+    affinities_from_labels,
+    affinity_mask,
+    balance_weights,
+)
+from tokenunify.finetune.init import format_init_report, load_pretrained
+from tokenunify.finetune.settings import TrainSettings
 from tokenunify.io import open_volume
 from tokenunify.io.validate import require_labels, require_raw, require_same_shape
-from tokenunify.errors import ConfigError
 from tokenunify.models.registry import build_model, count_parameters
+from tokenunify.postprocess.pipeline import sweep_scores
+from tokenunify.predict.inference import predict_blockwise
 from tokenunify.report.plots import plot_loss_curve, preview_png
 from tokenunify.training.devices import autocast, resolve_device
 from tokenunify.training.distributed import Dist, world_size
 from tokenunify.training.loop import EvalResult, StepContext, Task, run_training
 from tokenunify.training.run_folder import RunFolder
 from tokenunify.training.step import StepOutput, optimizer_step
-from tokenunify.segment.affinities import affinities_from_labels, affinity_mask, balance_weights
-from tokenunify.segment.init import format_init_report, load_pretrained
-from tokenunify.segment.pipeline import sweep_scores
-from tokenunify.segment.predict import predict_blockwise
-from tokenunify.segment.settings import TrainSettings
-
 
 # The task-specific output layer: re-initialised when fine-tuning a network
 # pretrained for reconstruction (1 channel) to predict affinities.
@@ -99,7 +101,7 @@ def make_batch(data: TrainData, settings: TrainSettings, rng: np.random.Generato
         raws.append(raw[None])
         targets.append(affs)
         weights.append(balance_weights(affs, mask))
-    as_tensor = lambda items: torch.from_numpy(np.stack(items).astype(np.float32, copy=False))  # noqa: E731
+    as_tensor = lambda items: torch.from_numpy(np.stack(items).astype(np.float32, copy=False))
     return as_tensor(raws), as_tensor(targets), as_tensor(weights)
 
 
@@ -170,7 +172,7 @@ def train(settings: TrainSettings, resume: bool = False, overwrite: bool = False
         best = report["best"]
         tqdm.write(f"step {at}: val VOI {best['voi']:.3f} (split {best['voi_split']:.3f}, merge {best['voi_merge']:.3f}), "
                    f"ARAND {best['arand']:.3f} at threshold {best['threshold']}")
-        on_best = lambda: preview_png(run.file("val_preview.png"), data.val_raw, affs, seg, data.val_gt,  # noqa: E731
+        on_best = lambda: preview_png(run.file("val_preview.png"), data.val_raw, affs, seg, data.val_gt,
                                       title=f"validation, step {at}")
         return EvalResult(best, best["voi"], on_best)
 

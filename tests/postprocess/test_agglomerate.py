@@ -5,18 +5,17 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import waterz
-
 from label_helpers import voronoi_labels
 
 from tokenunify.evaluate.metrics import evaluate_segmentation
-from tokenunify.segment.agglomerate import (
+from tokenunify.postprocess.agglomerate import (
     DEFAULT_SCORING,
     mutex_watershed,
     prebuilt_scoring_functions,
     quantile_scoring,
     waterz_sweep,
 )
-from tokenunify.segment.fragments import watershed_fragments
+from tokenunify.postprocess.fragments import watershed_fragments
 
 NEAREST = [(-1, 0, 0), (0, -1, 0), (0, 0, -1)]
 LONG_RANGE = [(-2, 0, 0), (0, -4, 0), (0, 0, -4)]

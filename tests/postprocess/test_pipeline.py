@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-
 from label_helpers import voronoi_labels
 
 from tokenunify.evaluate.metrics import evaluate_segmentation
-from tokenunify.segment.affinities import affinities_from_labels
-from tokenunify.segment.pipeline import jittered, segmentations, sweep_scores
-from tokenunify.segment.settings import NEAREST, SegmentSettings
+from tokenunify.finetune.affinities import affinities_from_labels
+from tokenunify.offsets import NEAREST
+from tokenunify.postprocess.pipeline import jittered, segmentations, sweep_scores
+from tokenunify.postprocess.settings import SegmentSettings
 
 THRESHOLDS = [0.2, 0.4, 0.6, 0.8]
 

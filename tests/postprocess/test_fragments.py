@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-
 from label_helpers import voronoi_labels
 
 from tokenunify.evaluate.metrics import evaluate_segmentation
-from tokenunify.segment.fragments import boundary_map, watershed_fragments
+from tokenunify.postprocess.fragments import boundary_map, watershed_fragments
 
 
 def ideal_affinities(labels: np.ndarray) -> np.ndarray:

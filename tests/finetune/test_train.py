@@ -8,11 +8,11 @@ import torch
 
 from tokenunify.config import from_dict
 from tokenunify.errors import ConfigError, InputError, OutputError
+from tokenunify.finetune.init import load_pretrained
+from tokenunify.finetune.settings import TrainSettings
+from tokenunify.finetune.train import model_spec, train
 from tokenunify.io.checkpoint import load_checkpoint, save_checkpoint
 from tokenunify.models.registry import build_model
-from tokenunify.segment.init import load_pretrained
-from tokenunify.segment.settings import TrainSettings
-from tokenunify.segment.train import model_spec, train
 
 
 @pytest.fixture
@@ -49,7 +49,7 @@ def test_run_writes_checkpoint_metrics_and_plot(volume, tmp_path):
 @pytest.mark.parametrize("ema_decay", [None, 0.9])
 def test_resume_continues_exactly(volume, tmp_path, monkeypatch, ema_decay):
     """A run killed after its step-2 checkpoint and resumed ends where an unbroken run does."""
-    from tokenunify.segment import train as train_module
+    from tokenunify.finetune import train as train_module
 
     straight = train(tiny_settings(volume, tmp_path / "a", steps=4, ema_decay=ema_decay), progress=False)
     real_make_batch = train_module.make_batch
@@ -80,8 +80,8 @@ def test_resume_continues_exactly(volume, tmp_path, monkeypatch, ema_decay):
 
 def test_ema_weights_are_validated_and_saved(volume, tmp_path, monkeypatch):
     """With ema_decay the checkpoint's "model" (what predict loads) is the average, not the last iterate."""
+    from tokenunify.finetune import train as train_module
     from tokenunify.training.ema import WeightAverage
-    from tokenunify.segment import train as train_module
 
     validated = []
     real_validate = train_module.validate

@@ -36,6 +36,8 @@ from collections.abc import Iterator, Sequence
 import fastremap
 import numpy as np
 
+from tokenunify.offsets import check_offsets
+
 __all__ = [
     "DEFAULT_SCORING",
     "mutex_watershed",
@@ -231,19 +233,6 @@ def _stdout_silenced() -> Iterator[None]:
         os.close(devnull)
 
 
-def _check_offsets(offsets: Sequence[Sequence[int]], n_channels: int) -> list[list[int]]:
-    checked = [[int(o) for o in offset] for offset in offsets]
-    if len(checked) != n_channels:
-        raise ValueError(
-            f"got {len(checked)} offsets for {n_channels} affinity channels; "
-            "there must be one offset per channel"
-        )
-    for offset in checked:
-        if len(offset) != 3 or not any(offset):
-            raise ValueError(f"each offset must be 3 integers (z, y, x), not all 0; got {offset}")
-    return checked
-
-
 def mutex_watershed(
     affs: np.ndarray,
     offsets: Sequence[Sequence[int]],
@@ -282,7 +271,7 @@ def mutex_watershed(
         uint64 (z, y, x) segment ids 1..n, contiguous.
     """
     affs = _check_affinities(affs)
-    checked = _check_offsets(offsets, affs.shape[0])
+    checked = [list(o) for o in check_offsets(offsets, 3, affs.shape[0])]
     if strides is not None:
         strides = [[int(s) for s in stride] for stride in strides]
         if len(strides) != len(checked) or any(len(s) != 3 or min(s) < 1 for s in strides):

@@ -9,9 +9,9 @@ import pytest
 import torch
 
 from tokenunify.errors import InputError
+from tokenunify.finetune.init import format_init_report, load_pretrained
 from tokenunify.io.checkpoint import save_checkpoint
 from tokenunify.models.registry import build_model
-from tokenunify.segment.init import format_init_report, load_pretrained
 
 HEAD = ("decoder.head.", "head.")
 NEAREST = [[-1, 0, 0], [0, -1, 0], [0, 0, -1]]

@@ -10,7 +10,7 @@ from scipy import ndimage
 from torch import nn
 
 from tokenunify.models.unet import build_unet
-from tokenunify.segment.predict import (
+from tokenunify.predict.inference import (
     block_starts,
     gaussian_weights,
     predict_blockwise,
@@ -53,12 +53,12 @@ class RecordingArray:
         self.reads: list[tuple[int, ...]] = []
         self.writes: list[tuple[slice, ...]] = []
 
-    def __getitem__(self, key):  # noqa: ANN001
+    def __getitem__(self, key):
         res = self.arr[key]
         self.reads.append(res.shape)
         return res
 
-    def __setitem__(self, key, value) -> None:  # noqa: ANN001
+    def __setitem__(self, key, value) -> None:
         self.writes.append(key)
         self.arr[key] = value
 
@@ -177,7 +177,7 @@ def test_lazy_reads_and_single_writes() -> None:
     np.testing.assert_allclose(out.arr, predict_whole(model, VOL), atol=1e-6)
 
 
-def test_zarr_in_and_out(tmp_path) -> None:  # noqa: ANN001
+def test_zarr_in_and_out(tmp_path) -> None:
     model = _small_unet(VOL)
     raw = zarr.create_array(store=tmp_path / "raw.zarr", shape=VOL.shape, chunks=(8, 32, 32), dtype="uint8")
     raw[...] = VOL

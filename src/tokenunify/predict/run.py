@@ -13,8 +13,8 @@ from tokenunify.io import check_output, create_volume, open_volume
 from tokenunify.io.checkpoint import load_checkpoint
 from tokenunify.io.validate import require_raw
 from tokenunify.models.registry import build_model
-from tokenunify.segment.predict import predict_blockwise
-from tokenunify.segment.settings import NEAREST
+from tokenunify.offsets import NEAREST
+from tokenunify.predict.inference import predict_blockwise
 from tokenunify.training.devices import resolve_device
 
 

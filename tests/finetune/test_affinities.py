@@ -5,13 +5,13 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from tokenunify.segment.affinities import (
-    DEFAULT_OFFSETS,
-    LONG_RANGE_OFFSETS,
+from tokenunify.finetune.affinities import (
     affinities_from_labels,
     affinity_mask,
     balance_weights,
 )
+from tokenunify.offsets import LONG_RANGE_OFFSETS
+from tokenunify.offsets import NEAREST as DEFAULT_OFFSETS
 
 
 def _two_labels_split_x() -> np.ndarray:

@@ -1,0 +1,1 @@
+"""Post-processing: fragments, agglomeration and scoring of an affinity volume held in memory."""
