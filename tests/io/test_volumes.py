@@ -125,3 +125,30 @@ def test_region_of_interest(tmp_path, data):
     with pytest.raises(OutputError, match="region cannot be written"):
         write_volume(f"{tmp_path}/r.h5:other[0:2]", data, (1, 1, 1))
     assert str(parse_spec("a.h5:raw[120:160]")) == "a.h5:raw[120:160]"
+
+
+@pytest.mark.parametrize("suffix", ["h5", "zarr", "tif"])
+def test_region_offsets_land_in_world_coordinates(tmp_path, suffix):
+    from tokenunify.io import open_volume, write_volume
+
+    data = np.arange(6 * 8 * 10, dtype=np.uint8).reshape(6, 8, 10)
+    name = f"v.{suffix}" + ("" if suffix == "tif" else ":raw")
+    spec = str(tmp_path / name)
+    write_volume(spec, data, (8.0, 4.0, 4.0), offset=(80.0, 0.0, 40.0))
+    whole = open_volume(spec)
+    assert whole.offset == (80.0, 0.0, 40.0)
+    region = open_volume(spec + "[2:5,1:,3:7]")
+    # the region's first voxel sits 2, 1, 3 voxels further into the world
+    assert region.offset == (80.0 + 2 * 8, 0.0 + 1 * 4, 40.0 + 3 * 4)
+    np.testing.assert_array_equal(region.read(), data[2:5, 1:, 3:7])
+
+
+def test_volume_without_offset_sits_at_the_origin(tmp_path):
+    import h5py
+
+    from tokenunify.io import open_volume
+
+    with h5py.File(tmp_path / "a.h5", "w") as f:
+        f["raw"] = np.zeros((2, 3, 4), np.uint8)
+    assert open_volume(str(tmp_path / "a.h5") + ":raw").offset == (0.0, 0.0, 0.0)
+    assert open_volume(str(tmp_path / "a.h5") + ":raw[1:2]").offset == (1.0, 0.0, 0.0)

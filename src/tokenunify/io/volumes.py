@@ -15,6 +15,8 @@ from tokenunify.errors import InputError
 from tokenunify.io.spec import VolumeSpec, parse_spec
 
 VOXEL_SIZE_KEYS = ("voxel_size", "resolution_nm", "resolution")
+# World position of voxel (0, 0, 0) in nm, z first (funlib.persistence spelling).
+OFFSET_KEY = "offset"
 
 
 def _voxel_size_from(attrs: Any) -> tuple[float, ...] | None:
@@ -23,6 +25,13 @@ def _voxel_size_from(attrs: Any) -> tuple[float, ...] | None:
             value = np.asarray(attrs[key], dtype=float).ravel()
             return tuple(float(v) for v in value)
     return None
+
+
+def _offset_from(attrs: Any, ndim: int) -> tuple[float, ...] | None:
+    if OFFSET_KEY not in attrs:
+        return None
+    value = np.asarray(attrs[OFFSET_KEY], dtype=float).ravel()
+    return tuple(float(v) for v in value) if len(value) == ndim else None
 
 
 def _as_voxel_size(value: tuple[float, ...] | None, ndim: int) -> tuple[float, ...]:
@@ -58,10 +67,15 @@ class Volume(ArrayView):
 
     Attributes: `spec` (where it lives), `shape`, `dtype`, `ndim`, `voxel_size`
     (nm, z first, for the last three axes), `voxel_size_known` (False where
-    the file carries none).
+    the file carries none), `offset` (world position in nm of this volume's
+    first voxel: the stored `offset` attribute, plus the region's start for a
+    `[z0:z1,...]` region, so a prediction of a region lands where it belongs).
     """
 
-    def __init__(self, spec: VolumeSpec, array: Any, voxel_size: tuple[float, ...] | None, closer: Any = None) -> None:
+    def __init__(
+        self, spec: VolumeSpec, array: Any, voxel_size: tuple[float, ...] | None, closer: Any = None,
+        offset: tuple[float, ...] | None = None,
+    ) -> None:
         self.spec = spec
         self._array = array
         self._closer = closer
@@ -70,6 +84,7 @@ class Volume(ArrayView):
         spatial = min(len(array.shape), 3)
         self.voxel_size_known = voxel_size is not None and len(voxel_size) == spatial
         self.voxel_size = _as_voxel_size(voxel_size, spatial)
+        self.offset = offset if offset is not None and len(offset) == spatial else tuple(0.0 for _ in range(spatial))
 
     @property
     def attrs(self) -> dict[str, Any]:
@@ -110,7 +125,8 @@ def _open_hdf5(spec: VolumeSpec) -> Volume:
         raise InputError(spec, f"no dataset '{spec.dataset}' in the file; it holds: {', '.join(names) or 'nothing'}")
     dataset = handle[spec.dataset]
     voxel_size = _voxel_size_from(dataset.attrs) or _voxel_size_from(handle.attrs)
-    return Volume(spec, dataset, voxel_size, closer=handle)
+    offset = _offset_from(dataset.attrs, min(dataset.ndim, 3))
+    return Volume(spec, dataset, voxel_size, closer=handle, offset=offset)
 
 
 def _hdf5_dataset_names(handle: Any) -> list[str]:
@@ -136,7 +152,7 @@ def _open_zarr(spec: VolumeSpec) -> Volume:
         names = sorted(name for name, _ in root.arrays())
         raise InputError(spec, f"no array '{spec.dataset}' in the store; it holds: {', '.join(names) or 'nothing'}")
     voxel_size = _voxel_size_from(array.attrs) or _voxel_size_from(root.attrs)
-    return Volume(spec, array, voxel_size)
+    return Volume(spec, array, voxel_size, offset=_offset_from(array.attrs, min(array.ndim, 3)))
 
 
 def _open_tiff(spec: VolumeSpec) -> Volume:
@@ -150,7 +166,7 @@ def _open_tiff(spec: VolumeSpec) -> Volume:
     except (OSError, tifffile.TiffFileError) as err:
         raise InputError(spec.path, f"cannot be read as TIFF ({err})") from None
     array = zarr.open(store, mode="r")
-    return Volume(spec, array, _voxel_size_from(metadata), closer=store)
+    return Volume(spec, array, _voxel_size_from(metadata), closer=store, offset=_offset_from(metadata, 3))
 
 
 def open_volume(spec: "str | Path | VolumeSpec") -> Volume:
@@ -161,7 +177,10 @@ def open_volume(spec: "str | Path | VolumeSpec") -> Volume:
     opener = {"hdf5": _open_hdf5, "zarr": _open_zarr, "tiff": _open_tiff}[spec.format]
     volume = opener(spec)
     if spec.roi:
-        volume._array = _Crop(volume._array, spec.roi, str(spec))
+        crop = _Crop(volume._array, spec.roi, str(spec))
+        volume._array = crop
+        starts = crop.starts[-len(volume.offset):]
+        volume.offset = tuple(o + s * v for o, s, v in zip(volume.offset, starts, volume.voxel_size))
     return volume
 
 
@@ -224,10 +243,11 @@ def volume_exists(spec: "str | Path | VolumeSpec") -> bool:
 
 
 def describe(volume: Volume) -> str:
-    """One line for logs: name, shape, dtype and voxel size."""
+    """One line for logs: name, shape, dtype, voxel size and offset."""
     vs = "x".join(f"{v:g}" for v in volume.voxel_size)
     known = "" if volume.voxel_size_known else " (voxel size not stored; assumed)"
-    return f"{volume.spec}: shape {volume.shape}, {volume.dtype}, voxel {vs} nm{known}"
+    at = "" if not any(volume.offset) else f", offset {','.join(f'{v:g}' for v in volume.offset)} nm"
+    return f"{volume.spec}: shape {volume.shape}, {volume.dtype}, voxel {vs} nm{known}{at}"
 
 
 def voxel_size_json(voxel_size: tuple[float, ...]) -> list[float | int]:

@@ -75,17 +75,22 @@ def create_volume(
     chunks: tuple[int, ...] | None = None,
     overwrite: bool = False,
     attrs: dict[str, Any] | None = None,
+    offset: tuple[float, ...] | None = None,
 ) -> Iterator[WritableVolume]:
     """Create `spec` and yield it for writing; it appears only if the block succeeds.
 
     On any exception the staged data is removed and an existing output is left
-    as it was. `voxel_size` covers the spatial (last three) axes.
+    as it was. `voxel_size` and `offset` (nm, world position of the first
+    voxel; default 0) cover the spatial (last three) axes and are written as
+    the `voxel_size` and `offset` attributes.
     """
     spec = check_output(spec, overwrite)
     if any(int(s) <= 0 for s in shape):
         raise OutputError(spec, f"cannot create an empty volume of shape {tuple(shape)}")
     chunks = tuple(chunks) if chunks else _default_chunks(tuple(shape))
-    meta = {"voxel_size": voxel_size_json(tuple(voxel_size)), **(attrs or {})}
+    spatial = len(tuple(voxel_size))
+    meta = {"voxel_size": voxel_size_json(tuple(voxel_size)),
+            "offset": voxel_size_json(tuple(offset) if offset is not None else (0.0,) * spatial), **(attrs or {})}
     stager = {"hdf5": _stage_hdf5, "zarr": _stage_zarr, "tiff": _stage_tiff}[spec.format]
     try:
         with stager(spec, tuple(shape), np.dtype(dtype), chunks, meta) as array:
@@ -101,9 +106,10 @@ def write_volume(
     overwrite: bool = False,
     chunks: tuple[int, ...] | None = None,
     attrs: dict[str, Any] | None = None,
+    offset: tuple[float, ...] | None = None,
 ) -> VolumeSpec:
     """Write an in-memory array as a whole volume (atomically, see create_volume)."""
-    with create_volume(spec, data.shape, data.dtype, voxel_size, chunks, overwrite, attrs) as out:
+    with create_volume(spec, data.shape, data.dtype, voxel_size, chunks, overwrite, attrs, offset) as out:
         out[...] = data
         return out.spec
 
@@ -180,7 +186,7 @@ def _stage_tiff(spec: VolumeSpec, shape, dtype, chunks, meta) -> Iterator[Any]:
     spec.path.parent.mkdir(parents=True, exist_ok=True)
     staging = spec.path.with_name(f".{spec.path.name}.{uuid.uuid4().hex[:8]}.partial.tif")
     try:
-        array = tifffile.memmap(staging, shape=shape, dtype=dtype, metadata={"voxel_size": meta["voxel_size"]})
+        array = tifffile.memmap(staging, shape=shape, dtype=dtype, metadata={"voxel_size": meta["voxel_size"], "offset": meta["offset"]})
         yield array
         array.flush()
         del array

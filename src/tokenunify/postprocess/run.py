@@ -53,6 +53,6 @@ def segment_volume(
         ((value, seg),) = segmentations(affs, offsets, settings, [value])
         best = {"threshold": float(value), "n_seg_ids": len(np.unique(seg))}
         rows = [best]
-    write_volume(output_spec, seg.astype(np.uint64), affs_vol.voxel_size, overwrite=overwrite,
+    write_volume(output_spec, seg.astype(np.uint64), affs_vol.voxel_size, overwrite=overwrite, offset=affs_vol.offset,
                  attrs={"threshold": best["threshold"], "method": settings.method, "affinities": affs_spec})
     return {"output": output_spec, "rows": rows, "best": best, "segmentation": seg, "affinities": affs}

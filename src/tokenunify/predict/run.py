@@ -57,7 +57,8 @@ def predict_volume(
     shape = (len(offsets),) + raw.shape
     started = time.monotonic()
     attrs = {"offsets": offsets, "model": str(checkpoint), "convention": "1 = same non-zero label (waterz/gunpowder)"}
-    with create_volume(output_spec, shape, np.float32, raw.voxel_size, chunks=(1, 32, 128, 128), overwrite=overwrite, attrs=attrs) as out:
+    with create_volume(output_spec, shape, np.float32, raw.voxel_size, chunks=(1, 32, 128, 128), overwrite=overwrite, attrs=attrs,
+                       offset=raw.offset) as out:
         predict_blockwise(model, raw, out, block, overlap, device=dev, bf16=bf16, progress=progress)
     seconds = time.monotonic() - started
     voxels = int(np.prod(raw.shape))
