@@ -35,6 +35,8 @@ __all__ = [
     "variation_of_information",
     "adapted_rand_error",
     "evaluate_segmentation",
+    "scores_from_table",
+    "table_from_pairs",
 ]
 
 # above this many cells a dense bincount of the pair keys would allocate far
@@ -215,7 +217,42 @@ def evaluate_segmentation(
     Raises:
         ValueError: for a shape mismatch or non-integer labels.
     """
-    table = contingency(seg, gt, ignore_gt)
+    return scores_from_table(contingency(seg, gt, ignore_gt))
+
+
+def table_from_pairs(
+    seg_ids: np.ndarray, gt_ids: np.ndarray, counts: np.ndarray, ignore_gt: Sequence[int] = (0,)
+) -> Contingency:
+    """A contingency table from voxel counts of (seg id, gt id) pairs, repeats summed.
+
+    This is how a volume too large for memory is scored: count (fragment, gt)
+    pairs block by block, map the fragments to their segments, and build the
+    table from the pairs (`evaluate_segmentation` of the whole volume gives
+    the same numbers).
+    """
+    seg_ids, gt_ids = np.asarray(seg_ids, np.uint64), np.asarray(gt_ids, np.uint64)
+    counts = np.asarray(counts, np.int64)
+    keep = ~np.isin(gt_ids, np.asarray([g for g in ignore_gt if g >= 0], np.uint64))
+    seg_ids, gt_ids, counts = seg_ids[keep], gt_ids[keep], counts[keep]
+    if counts.size == 0:
+        empty = np.zeros(0, dtype=np.int64)
+        return Contingency(empty, empty, empty, 0)
+    pairs, inverse = np.unique(np.stack([seg_ids, gt_ids], axis=1), axis=0, return_inverse=True)
+    inverse = inverse.ravel()
+    pair_counts = np.bincount(inverse, weights=counts, minlength=len(pairs))
+    seg_index = np.unique(pairs[:, 0], return_inverse=True)[1].ravel()
+    gt_index = np.unique(pairs[:, 1], return_inverse=True)[1].ravel()
+    pair_counts = np.rint(pair_counts).astype(np.int64)
+    return Contingency(
+        pair_counts=pair_counts,
+        seg_sizes=_sizes(seg_index, pair_counts, int(seg_index.max()) + 1),
+        gt_sizes=_sizes(gt_index, pair_counts, int(gt_index.max()) + 1),
+        n_voxels=int(pair_counts.sum()),
+    )
+
+
+def scores_from_table(table: Contingency) -> dict[str, float | int]:
+    """The metrics of `evaluate_segmentation` from a contingency table."""
     split, merge = _voi_from_table(table)
     arand = _arand_from_table(table)
     voi = split + merge
