@@ -130,50 +130,99 @@ def predict(
     typer.echo(f"wrote {output} {tuple(result['shape'])} in {result['seconds']:.1f} s ({result['voxels_per_second']:.0f} voxels/s)")
 
 
-@app.command(epilog="Example: tokenunify segment --affs out.zarr:affs --output out.zarr:seg --gt data.h5:labels --preview seg.png")
+def _sections(config: Path | None, overrides: list[str] | None, names: tuple[str, ...]) -> dict[str, dict]:
+    """The config sections `names` of a YAML file (any other section is ignored) with KEY=VALUE overrides applied."""
+    from tokenunify.config import apply_overrides, load_yaml
+    from tokenunify.errors import ConfigError
+
+    overrides = list(overrides or [])
+    for item in overrides:
+        if item.split("=", 1)[0].split(".")[0] not in names:
+            raise ConfigError(f"override '{item}': this command reads only the {', '.join(names)} section(s)")
+    raw = apply_overrides(load_yaml(config) if config else {}, overrides)
+    return {name: dict(raw.get(name) or {}) for name in names}
+
+
+@app.command(epilog="Example: tokenunify segment --affs out.zarr:affs --output out.zarr:seg --gt data.h5:labels "
+                    "--blockwise --workers 2 segment.min_seed_distance=6")
 def segment(
+    overrides: list[str] = typer.Argument(None, help="segment.KEY=VALUE or blockwise.KEY=VALUE overrides."),
     affs: str = typer.Option(..., help="Affinities, PATH:DATASET (C,z,y,x)."),
-    output: str = typer.Option(..., "--output", "-o", help="Segmentation to write, PATH:DATASET."),
-    method: str = typer.Option("waterz", help="waterz (fragments + agglomeration) or mws (mutex watershed)."),
-    fragments: str = typer.Option("3d", help="Watershed fragments: 2d per section (anisotropic ssTEM) or 3d (isotropic)."),
+    output: str = typer.Option(..., "--output", "-o", help="Segmentation to write, PATH:DATASET (zarr with --blockwise)."),
+    config: Path | None = typer.Option(None, "--config", "-c", help="YAML config; its segment: and blockwise: sections are read."),
+    method: str | None = typer.Option(None, help="waterz (fragments + agglomeration) or mws (mutex watershed)."),
+    fragments: str | None = typer.Option(None, help="Watershed fragments: 2d per section (anisotropic ssTEM) or 3d (isotropic)."),
     threshold: float | None = typer.Option(None, help="One agglomeration threshold (mws: the bias)."),
     thresholds: list[float] | None = typer.Option(None, help="Thresholds to sweep (with --gt)."),
     gt: str | None = typer.Option(None, help="Ground truth, PATH:DATASET: sweep, score and keep the best threshold."),
+    blockwise: bool = typer.Option(False, help="Block by block on daisy workers: volumes of any size, resumable."),
+    workers: int | None = typer.Option(None, help="With --blockwise: worker processes."),
+    block: tuple[int, int, int] | None = typer.Option(None, help="With --blockwise: block shape z y x (voxels)."),
+    context: tuple[int, int, int] | None = typer.Option(None, help="With --blockwise: context z y x read around each block."),
     raw: str | None = typer.Option(None, help="Raw EM for the preview PNG."),
     preview: Path | None = typer.Option(None, help="Write a PNG preview (raw, affinities, segmentation)."),
-    overwrite: bool = typer.Option(False, help="Replace an existing output."),
+    overwrite: bool = typer.Option(False, help="Replace an existing output (and, blockwise, its work folder)."),
     progress: bool = typer.Option(True, help="Show a progress bar."),
 ) -> None:
     """Turn affinities into a neuron segmentation (watershed + waterz, or mutex watershed)."""
     from tokenunify.config import from_dict
     from tokenunify.evaluate.sweep import format_markdown_table
-    from tokenunify.postprocess.run import segment_volume
     from tokenunify.postprocess.settings import SegmentSettings
 
-    cfg: dict = {"method": method, "fragments": fragments}
-    if thresholds:
-        cfg["thresholds"] = list(thresholds)
-    if method == "mws" and threshold is not None:
+    sections = _sections(config, overrides, ("segment", "blockwise"))
+    cfg = sections["segment"]
+    for key, value in (("method", method), ("fragments", fragments), ("thresholds", thresholds or None)):
+        if value is not None:
+            cfg[key] = list(value) if isinstance(value, list) else value
+    if cfg.get("method") == "mws" and threshold is not None:
         cfg["mws_bias"] = threshold
-    settings = from_dict(SegmentSettings, cfg, "segment options")
-    result = segment_volume(affs, output, settings, gt, None if method == "mws" else threshold, overwrite, progress)
+    where = str(config) if config else "segment options"
+    settings = from_dict(SegmentSettings, cfg, where)
+    chosen = None if settings.method == "mws" else threshold
+    if blockwise:
+        from tokenunify.blockwise.segment import BlockwiseOptions, segment_blockwise
+
+        bw = sections["blockwise"]
+        for key, value in (("workers", workers), ("block", block), ("context", context)):
+            if value is not None:
+                bw[key] = list(value) if isinstance(value, tuple) else value
+        options = from_dict(BlockwiseOptions, bw, where)
+        result = segment_blockwise(affs, output, settings, options, gt, chosen, overwrite, progress)
+        for name, counts in result["blocks"].items():
+            typer.echo(f"{name}: {counts['completed']} of {counts['blocks']} blocks computed, "
+                       f"{counts['skipped']} already done, {result['seconds'][name]:.1f} s")
+        typer.echo(f"agglomerate: {result['n_fragments']} fragments, {result['n_edges']} edges, "
+                   f"{result['seconds']['agglomerate']:.1f} s; work folder {result['work_dir']}")
+    else:
+        if workers is not None or block or context:
+            raise typer.BadParameter("--workers, --block and --context need --blockwise")
+        from tokenunify.postprocess.run import segment_volume
+
+        result = segment_volume(affs, output, settings, gt, chosen, overwrite, progress)
     if gt is not None:
         typer.echo(format_markdown_table(result["rows"], result["best"]))
     typer.echo(f"wrote {output}: {result['best']['n_seg_ids']} segments at threshold {result['best']['threshold']}")
     if preview is not None:
-        _segment_preview(preview, raw, result, gt)
+        _segment_preview(preview, raw, affs, output, gt)
 
 
-def _segment_preview(path: Path, raw_spec: str | None, result: dict, gt_spec: str | None) -> None:
+def _segment_preview(path: Path, raw_spec: str | None, affs_spec: str, seg_spec: str, gt_spec: str | None) -> None:
+    """A PNG of the middle section, read from the files (one section only: the volumes may not fit in memory)."""
     import numpy as np
 
     from tokenunify.io import open_volume
     from tokenunify.report.plots import preview_png
 
-    affs = result["affinities"]
-    raw = open_volume(raw_spec).read() if raw_spec else affs[:3].mean(axis=0)
-    gt = open_volume(gt_spec).read() if gt_spec else None
-    preview_png(path, np.asarray(raw), affs, result["segmentation"], gt, title="segment")
+    affs_vol = open_volume(affs_spec)
+    mid = affs_vol.shape[1] // 2
+    section = (slice(mid, mid + 1),)
+    affs = np.asarray(affs_vol[(slice(0, 3), *section)], dtype=np.float32)
+    if affs_vol.dtype == np.uint8:
+        affs /= 255
+    raw = np.asarray(open_volume(raw_spec)[section]) if raw_spec else affs.mean(axis=0)
+    gt = np.asarray(open_volume(gt_spec)[section]) if gt_spec else None
+    seg = np.asarray(open_volume(seg_spec)[section])
+    preview_png(path, raw, affs, seg, gt, z=0, title="segment", z_label=mid)
     typer.echo(f"preview: {path}")
 
 

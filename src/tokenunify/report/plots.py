@@ -71,8 +71,12 @@ def preview_png(
     gt: np.ndarray | None = None,
     z: int | None = None,
     title: str = "",
+    z_label: int | None = None,
 ) -> Path:
-    """One z section: raw, affinities (z,y,x channels as RGB), segmentation overlay and ground truth."""
+    """One z section: raw, affinities (z,y,x channels as RGB), segmentation overlay and ground truth.
+
+    `z_label` is the section's index in the title when the arrays are a slab cut from a larger volume.
+    """
     z = raw.shape[0] // 2 if z is None else z
     panels: list[tuple[str, np.ndarray, dict[str, Any]]] = [("raw", raw[z], {"cmap": "gray"})]
     if affs is not None:
@@ -91,7 +95,7 @@ def preview_png(
         ax.imshow(image, interpolation="nearest", **kwargs)
         ax.set_title(name, fontsize=9)
         ax.axis("off")
-    fig.suptitle(f"{title} z={z}".strip())
+    fig.suptitle(f"{title} z={z if z_label is None else z_label}".strip())
     return save_figure(fig, path)
 
 
