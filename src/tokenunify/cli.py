@@ -189,7 +189,7 @@ def segment(
         options = from_dict(BlockwiseOptions, bw, where)
         result = segment_blockwise(affs, output, settings, options, gt, chosen, overwrite, progress)
         for name, counts in result["blocks"].items():
-            typer.echo(f"{name}: {counts['completed']} of {counts['blocks']} blocks computed, "
+            typer.echo(f"{name}: {counts['computed']} of {counts['blocks']} blocks computed, "
                        f"{counts['skipped']} already done, {result['seconds'][name]:.1f} s")
         typer.echo(f"agglomerate: {result['n_fragments']} fragments, {result['n_edges']} edges, "
                    f"{result['seconds']['agglomerate']:.1f} s; work folder {result['work_dir']}")

@@ -93,8 +93,9 @@ def run_task(
         name, total, read, write, process,
         read_write_conflict=False, fit="shrink", max_workers=workers, max_retries=retries,
         timeout=timeout_s, tracking_path=str(work_dir / "tracking" / name),
-        # a deterministic failure must end the run, not restart workers for ever
-        max_worker_restarts=max(2, workers),
+        # a failed block takes its worker down; allow a few failing blocks their retries while the
+        # rest finish, but end a run whose every block fails instead of restarting workers for ever
+        max_worker_restarts=(retries + 1) * max(workers, 4),
     )
     try:
         states = daisy.run_blockwise(task, multiprocessing=multiprocessing, return_states=True, host="127.0.0.1",
@@ -104,7 +105,9 @@ def run_task(
     except RuntimeError as err:
         raise BlockFailedError(f"{name}: the run was abandoned ({err}); worker logs: {work_dir / 'logs'}") from None
     state = states[name]
+    # daisy counts a block skipped as done by an earlier run among the completed ones
     counts = {"blocks": grid.n_blocks, "completed": state.completed_count, "skipped": state.skipped_count,
+              "computed": state.completed_count - state.skipped_count,
               "failed": state.failed_count, "orphaned": state.orphaned_count}
     if state.failed_count or state.orphaned_count or state.abandoned:
         error = (state.last_worker_error or state.abandon_reason or "no error recorded").strip()
