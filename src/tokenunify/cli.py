@@ -1,4 +1,4 @@
-"""The `tokenunify` command line: train, predict, segment, evaluate, demo, convert-checkpoint.
+"""The `tokenunify` command line: train, predict, segment, evaluate, view, demo, convert-checkpoint.
 
 Every volume is named `PATH:DATASET`. A user error (bad input, an existing
 output, a bad config) prints one line naming the file and the problem and
@@ -274,6 +274,25 @@ def demo(
     from tokenunify.demo import run_demo
 
     run_demo(out, steps=steps, overwrite=overwrite, progress=progress)
+
+
+@app.command(epilog="Example: tokenunify view --raw data.h5:raw --affs out.zarr:affs --seg out.zarr:seg --gt data.h5:labels")
+def view(
+    raw: str | None = typer.Option(None, help="Raw EM, PATH:DATASET."),
+    affs: str | None = typer.Option(None, help="Affinities (C,z,y,x), shown as RGB."),
+    fragments: str | None = typer.Option(None, help="Fragments (e.g. a blockwise work folder's fragments.zarr)."),
+    seg: str | None = typer.Option(None, help="Segmentation, PATH:DATASET."),
+    gt: str | None = typer.Option(None, help="Ground truth labels, PATH:DATASET."),
+    bind: str = typer.Option("127.0.0.1", help="Address to listen on (default: this machine only)."),
+    port: int = typer.Option(0, help="Port (0: a free one)."),
+    timeout: float | None = typer.Option(None, help="Stop after this many seconds (default: at Ctrl-C)."),
+) -> None:
+    """Browse volumes in a local neuroglancer viewer (lazily read: any size); prints the URL."""
+    from tokenunify.view import serve
+
+    layers = {kind: spec for kind, spec in (("raw", raw), ("affs", affs), ("fragments", fragments),
+                                            ("segmentation", seg), ("gt", gt)) if spec}
+    serve(layers, bind=bind, port=port, timeout=timeout, echo=lambda line: typer.echo(line, nl=True) or sys.stdout.flush())
 
 
 def _is_main_rank() -> bool:
