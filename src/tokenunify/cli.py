@@ -23,14 +23,6 @@ CONFIG_HELP = "YAML config; later KEY=VALUE arguments override it (e.g. train.st
 DEVICE_HELP = "auto (CUDA where present), cpu, cuda or cuda:N. Under torchrun each rank takes its local GPU."
 
 
-def _triple(values: list[int] | None, name: str) -> tuple[int, int, int] | None:
-    if values is None:
-        return None
-    if len(values) != 3:
-        raise typer.BadParameter(f"{name} needs three numbers (z y x)")
-    return (int(values[0]), int(values[1]), int(values[2]))
-
-
 @app.command(epilog="Example: tokenunify train --config configs/fib_medulla.yaml train.steps=2000 out_dir=runs/fib")
 def train(
     overrides: list[str] = typer.Argument(None, help="KEY=VALUE config overrides."),
@@ -111,22 +103,50 @@ def models() -> None:
     typer.echo(f"{'unet':8s} {'conv':6s} {count_parameters(build_unet()):>14,d}  (baseline U-Net, default width)")
 
 
-@app.command(epilog="Example: tokenunify predict --model runs/fib/checkpoints/best.pt --input data.h5:raw --output out.zarr:affs")
+@app.command(epilog="Example: tokenunify predict --model runs/fib/checkpoints/best.pt --input data.h5:raw --output out.zarr:affs "
+                    "--blockwise --workers 2 predict.bf16=false")
 def predict(
+    overrides: list[str] = typer.Argument(None, help="predict.KEY=VALUE (over the checkpoint's) or blockwise_predict.KEY=VALUE."),
     model: Path = typer.Option(..., help="Checkpoint written by `tokenunify train`."),
     input: str = typer.Option(..., "--input", "-i", help="Raw EM volume, PATH:DATASET."),
     output: str = typer.Option(..., "--output", "-o", help="Affinities to write, PATH:DATASET (zarr recommended)."),
-    block: list[int] | None = typer.Option(None, help="Block shape z y x (default: from the checkpoint's config)."),
-    overlap: list[int] | None = typer.Option(None, help="Overlap between blocks z y x."),
+    config: Path | None = typer.Option(None, "--config", "-c", help="YAML config; its predict: and blockwise_predict: sections are read."),
+    block: tuple[int, int, int] | None = typer.Option(None, help="Network input block z y x (default: the checkpoint's predict.block)."),
+    overlap: tuple[int, int, int] | None = typer.Option(None, help="Overlap between network blocks z y x."),
     bf16: bool | None = typer.Option(None, "--bf16/--fp32", help="bf16 autocast (on the chosen device)."),
+    blockwise: bool = typer.Option(False, help="On daisy workers, one model each: resumable, output to zarr."),
+    workers: int | None = typer.Option(None, help="With --blockwise: worker processes."),
+    region: tuple[int, int, int] | None = typer.Option(None, help="With --blockwise: voxels z y x each daisy block writes."),
+    context: tuple[int, int, int] | None = typer.Option(None, help="With --blockwise: voxels z y x read around each region."),
     overwrite: bool = typer.Option(False, help="Replace an existing output."),
     progress: bool = typer.Option(True, help="Show a progress bar."),
     device: str = typer.Option("auto", help="auto (CUDA where present), cpu, cuda or cuda:N."),
 ) -> None:
     """Predict affinities blockwise over a volume of any size (Gaussian-blended overlaps, output to zarr)."""
-    from tokenunify.predict.run import predict_volume
+    from tokenunify.config import from_dict
 
-    result = predict_volume(model, input, output, _triple(block, "--block"), _triple(overlap, "--overlap"), bf16, overwrite, progress, device)
+    sections = _sections(config, overrides, ("predict", "blockwise_predict"))
+    settings = {**sections["predict"], "block": block, "overlap": overlap, "bf16": bf16}
+    if blockwise:
+        from tokenunify.blockwise.predict import PredictOptions, predict_blockwise_daisy
+
+        bw = sections["blockwise_predict"]
+        for key, value in (("workers", workers), ("region", region), ("context", context)):
+            if value is not None:
+                bw[key] = list(value) if isinstance(value, tuple) else value
+        options = from_dict(PredictOptions, bw, str(config) if config else "predict options")
+        result = predict_blockwise_daisy(model, input, output, options, overrides=settings, device=device,
+                                         overwrite=overwrite, progress=progress)
+        counts = result["blocks"]
+        typer.echo(f"predict: {counts['computed']} of {counts['blocks']} blocks computed, {counts['skipped']} already "
+                   f"done; work folder {result['work_dir']}")
+    else:
+        if workers is not None or region or context:
+            raise typer.BadParameter("--workers, --region and --context need --blockwise")
+        from tokenunify.predict.run import predict_volume
+
+        result = predict_volume(model, input, output, overwrite=overwrite, progress=progress, device=device,
+                                overrides=settings)
     typer.echo(f"wrote {output} {tuple(result['shape'])} in {result['seconds']:.1f} s ({result['voxels_per_second']:.0f} voxels/s)")
 
 

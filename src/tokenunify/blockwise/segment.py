@@ -20,7 +20,6 @@ at all. The work folder is kept: its fragments can be viewed or rescored.
 
 from __future__ import annotations
 
-import os
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -32,6 +31,7 @@ from tokenunify.blockwise.agglomerate import mws_merge, waterz_merge
 from tokenunify.blockwise.edges import load_table, merge_tables
 from tokenunify.blockwise.geometry import BlockGrid, Triple
 from tokenunify.blockwise.runner import prepare_work_dir, run_task
+from tokenunify.blockwise.store import commit_array, create_array
 from tokenunify.blockwise.tasks import EdgesStep, FragmentsStep, RelabelStep
 from tokenunify.errors import InputError
 from tokenunify.evaluate.metrics import scores_from_table, table_from_pairs
@@ -82,17 +82,6 @@ def _check_gt(gt: Any, affs: Any) -> None:
         raise InputError(gt.spec, f"voxel size {gt.voxel_size} nm differs from {affs.spec} ({affs.voxel_size} nm)")
 
 
-def _create_array(path: Path, shape: Triple, chunks: Triple, attrs: dict[str, Any]) -> Path:
-    """An empty uint64 zarr array at `path`, created under a temporary name and moved into place."""
-    import zarr
-
-    if path.exists():
-        return path
-    with atomic_path(path) as staging:
-        zarr.create_array(store=str(staging), shape=shape, chunks=chunks, dtype="uint64", fill_value=0, attributes=attrs)
-    return path
-
-
 def _lookup(work: Path, grid: BlockGrid, settings: SegmentSettings, thresholds: list[float]) -> dict[str, np.ndarray]:
     """Agglomerate the summed graph once; the lookup table (nodes x thresholds) is kept in the work folder."""
     path = work / "lookup.npz"
@@ -125,28 +114,6 @@ def _score(work: Path, grid: BlockGrid, lookup: dict[str, np.ndarray]) -> list[d
     for threshold, segment in zip(lookup["thresholds"].tolist(), lookup["segments"]):
         rows.append({"threshold": float(threshold), **scores_from_table(table_from_pairs(segment[where], gt, count))})
     return rows
-
-
-def _commit(staged: Path, output: VolumeSpec, attrs: dict[str, Any]) -> None:
-    """Move the finished segmentation array into the output store (replacing an old one only now)."""
-    import shutil
-
-    import zarr
-
-    from tokenunify.io.writer import _ensure_zarr_groups
-
-    array = zarr.open_array(store=str(staged), mode="r+")
-    array.attrs.update(attrs)
-    zarr.open_group(store=str(output.path), mode="a")
-    _ensure_zarr_groups(output.path, output.dataset)
-    target = output.path / output.dataset
-    if target.exists():
-        old = target.with_name(target.name + ".old")
-        os.replace(target, old)
-        os.replace(staged, target)
-        shutil.rmtree(old)
-    else:
-        os.replace(staged, target)
 
 
 def segment_blockwise(
@@ -190,7 +157,7 @@ def segment_blockwise(
     }
     work = prepare_work_dir(work_dir_for(output), fingerprint, overwrite)
     meta = {"voxel_size": [float(v) for v in affs.voxel_size], "offset": [float(o) for o in affs.offset]}
-    fragments = _create_array(work / "fragments.zarr", grid.shape, grid.block, meta)
+    fragments = create_array(work / "fragments.zarr", grid.shape, grid.block, "uint64", meta)
     (work / "edges").mkdir(exist_ok=True)
     options_kw = {"mode": settings.fragments, "boundary_threshold": settings.boundary_threshold,
                   "min_seed_distance": settings.min_seed_distance, "split_by_affinity": settings.split_by_affinity}
@@ -223,9 +190,9 @@ def segment_blockwise(
     if not relabel_table.exists():
         with atomic_path(relabel_table) as staging, open(staging, "wb") as handle:
             np.savez(handle, nodes=lookup["nodes"], segment=segment)
-    staged = _create_array(work / f"segmentation_{chosen}.zarr", grid.shape, grid.block, meta)
+    staged = create_array(work / f"segmentation_{chosen}.zarr", grid.shape, grid.block, "uint64", meta)
     step("relabel", RelabelStep(grid, fragments, relabel_table, staged))
-    _commit(staged, output, {"threshold": best["threshold"], "method": settings.method, "affinities": affs_spec,
+    commit_array(staged, output, {"threshold": best["threshold"], "method": settings.method, "affinities": affs_spec,
                              "blockwise": {"block": list(grid.block), "context": list(grid.context)}})
     return {"output": str(output), "rows": rows, "best": best, "work_dir": str(work), "blocks": blocks,
             "seconds": seconds, "n_fragments": int(lookup["nodes"].size), "n_edges": int(lookup["n_edges"]),

@@ -49,8 +49,19 @@ def _open_zarr(path: Path, mode: str = "r") -> Any:
     return zarr.open_array(store=str(path), mode=mode)
 
 
+def run_block(grid: BlockGrid, block: Any, process: Any) -> None:
+    """`process(start)` for a daisy block; an error is raised again naming the block's index and voxels."""
+    start = grid.start_of(block.write_roi)
+    try:
+        process(start)
+    except Exception as err:
+        # the block's index and voxels travel with the error to the run's summary
+        region = _region_text(grid.write_region(start))
+        raise RuntimeError(f"block {grid.index(start)} (voxels {region}): {type(err).__name__}: {err}") from err
+
+
 class _Step:
-    """Shared plumbing: the block's start voxel and an error that names the block."""
+    """Shared plumbing of the one-argument steps: the block's start voxel and an error that names the block."""
 
     grid: BlockGrid
 
@@ -58,14 +69,7 @@ class _Step:
         from tokenunify.runtime import tune_runtime
 
         tune_runtime()
-        start = self.grid.start_of(block.write_roi)
-        try:
-            self.process(start)
-        except Exception as err:
-            # the block's index and voxels travel with the error to the run's summary
-            index = self.grid.index(start)
-            region = _region_text(self.grid.write_region(start))
-            raise RuntimeError(f"block {index} (voxels {region}): {type(err).__name__}: {err}") from err
+        run_block(self.grid, block, self.process)
 
     def process(self, start: Triple) -> None:  # pragma: no cover - abstract
         raise NotImplementedError

@@ -9,12 +9,14 @@ from typing import Any
 import numpy as np
 import torch
 
+from tokenunify.config import from_dict
 from tokenunify.io import check_output, create_volume, open_volume
 from tokenunify.io.checkpoint import load_checkpoint
 from tokenunify.io.validate import require_raw
 from tokenunify.models.registry import build_model
 from tokenunify.offsets import NEAREST
 from tokenunify.predict.inference import predict_blockwise
+from tokenunify.predict.settings import PredictSettings
 from tokenunify.training.devices import resolve_device
 
 
@@ -28,6 +30,16 @@ def load_model(checkpoint: str | Path, device: str | torch.device = "cpu") -> tu
     return model, state
 
 
+def predict_settings(state: dict[str, Any], where: str, overrides: dict[str, Any] | None = None) -> PredictSettings:
+    """The checkpoint's `predict:` section, then `overrides` (config file, CLI), through PredictSettings.
+
+    A checkpoint written before a key existed gets the dataclass default, the
+    same one a new config gets; there are no separate fallbacks.
+    """
+    stored = dict((state.get("config") or {}).get("predict") or {})
+    return from_dict(PredictSettings, {**stored, **{k: v for k, v in (overrides or {}).items() if v is not None}}, where)
+
+
 def predict_volume(
     checkpoint: str | Path,
     input_spec: str,
@@ -38,28 +50,29 @@ def predict_volume(
     overwrite: bool = False,
     progress: bool = True,
     device: str | torch.device = "auto",
+    overrides: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Predict affinities for every voxel of `input_spec` into `output_spec` (float32, C,z,y,x).
 
-    The output is written blockwise and appears only once complete. Block and
-    overlap default to the training config stored in the checkpoint.
+    The output is written blockwise and appears only once complete. Block,
+    overlap and bf16 come from the checkpoint's `predict:` settings, then
+    `overrides` (a `predict:` section), then the explicit arguments.
     """
     check_output(output_spec, overwrite)
     raw = open_volume(input_spec)
     require_raw(raw)
     dev = device if isinstance(device, torch.device) else resolve_device(device)
     model, state = load_model(checkpoint, dev)
-    predict_cfg = state.get("config", {}).get("predict", {})
-    block = tuple(block or predict_cfg.get("block", (48, 128, 128)))
-    overlap = tuple(overlap or predict_cfg.get("overlap", (8, 24, 24)))
-    bf16 = bool(predict_cfg.get("bf16", False) if bf16 is None else bf16)
+    settings = predict_settings(state, str(checkpoint), {**(overrides or {}), "block": block, "overlap": overlap,
+                                                         "bf16": bf16})
     offsets = state.get("offsets") or [list(o) for o in NEAREST]
     shape = (len(offsets),) + raw.shape
     started = time.monotonic()
     attrs = {"offsets": offsets, "model": str(checkpoint), "convention": "1 = same non-zero label (waterz/gunpowder)"}
     with create_volume(output_spec, shape, np.float32, raw.voxel_size, chunks=(1, 32, 128, 128), overwrite=overwrite, attrs=attrs,
                        offset=raw.offset) as out:
-        predict_blockwise(model, raw, out, block, overlap, device=dev, bf16=bf16, progress=progress)
+        predict_blockwise(model, raw, out, settings.block, settings.overlap, batch_size=settings.batch_size,
+                          device=dev, bf16=settings.bf16, progress=progress)
     seconds = time.monotonic() - started
     voxels = int(np.prod(raw.shape))
     return {"output": output_spec, "shape": list(shape), "seconds": seconds, "voxels_per_second": voxels / max(seconds, 1e-9), "offsets": offsets,
