@@ -188,3 +188,20 @@ def test_an_unwritable_work_folder_is_refused(volume, tmp_path):
     with pytest.raises(OutputError, match="cannot create the work folder"):
         segment_blockwise(f"{folder}/v.zarr:affs", f"{tmp_path}/o.zarr:seg", SETTINGS,
                           BlockwiseOptions(block=BLOCK, multiprocessing=False), progress=False)
+
+
+def test_uint8_affinities_mean_the_same_in_both_paths(volume, whole):
+    folder, labels = volume
+    affs = SyntheticAffinities(SHAPE, seed=2).affinities()
+    write_volume(f"{folder}/v.zarr:affs8", np.round(affs * 255).astype(np.uint8), (40, 8, 8),
+                 attrs={"offsets": NEAREST_OFFSETS}, overwrite=True)
+    in_memory = segment_volume(f"{folder}/v.zarr:affs8", f"{folder}/v.zarr:whole8", SETTINGS, f"{folder}/v.zarr:gt",
+                               progress=False)
+    result = segment_blockwise(f"{folder}/v.zarr:affs8", f"{folder}/v.zarr:one8", SETTINGS,
+                               BlockwiseOptions(block=SHAPE, multiprocessing=False), f"{folder}/v.zarr:gt",
+                               progress=False)
+    seg = zarr.open_array(store=f"{folder}/v.zarr/one8", mode="r")[:]
+    assert evaluate_segmentation(seg, in_memory["segmentation"])["voi"] == 0.0
+    # 0..255 is read as 0..1: the same threshold wins as on the float affinities, at nearly the same score
+    assert in_memory["best"]["threshold"] == result["best"]["threshold"] == whole[1]["threshold"]
+    assert abs(in_memory["best"]["voi"] - whole[1]["voi"]) < 0.05

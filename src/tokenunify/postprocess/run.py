@@ -1,7 +1,8 @@
 """`tokenunify segment`: an affinity volume in, a segmentation volume out.
 
 Agglomeration runs on the whole volume in memory (waterz and mwatershed are
-whole-volume algorithms); blockwise agglomeration is a separate step.
+whole-volume algorithms); `segment --blockwise` (tokenunify.blockwise.segment)
+does the same on volumes of any size.
 """
 
 from __future__ import annotations
@@ -43,7 +44,9 @@ def segment_volume(
         if gt_vol.shape != affs_vol.shape[1:]:
             raise InputError(gt_vol.spec, f"shape {gt_vol.shape} differs from {affs_vol.spec} spatial shape {affs_vol.shape[1:]}")
         gt = gt_vol.read()
-    affs = affs_vol.read().astype(np.float32, copy=False)
+    affs = affs_vol.read()
+    # uint8 affinities (a compact storage of predictions) mean 0..255 for 0..1, as in the blockwise path
+    affs = affs.astype(np.float32) / np.float32(255) if affs.dtype == np.uint8 else affs.astype(np.float32, copy=False)
     if gt is not None:
         chosen = [threshold] if threshold is not None else None
         rows, best, seg = sweep_scores(affs, gt, offsets, settings, chosen, progress)

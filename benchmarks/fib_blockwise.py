@@ -1,0 +1,97 @@
+"""The FIB validation part from raw to score, blockwise on daisy workers and whole-volume, side by side.
+
+    python benchmarks/fib_blockwise.py --model runs/fib/checkpoints/best.pt [--workers 2]
+
+Runs the CLI, as a user would, on `fib_medulla_labeled_z0-160.h5` z 120-159
+(`$TOKENUNIFY_DATA`, default ../shared/data):
+
+- whole volume: `predict`, then `segment --gt` (in memory);
+- blockwise: `predict --blockwise --workers N`, then
+  `segment --blockwise --workers N --gt`, both resumable daisy runs;
+- a mixed row: whole-volume affinities segmented blockwise, which isolates
+  what the blockwise post-processing changes.
+
+Each segmentation is scored against the ground truth with the threshold
+chosen by the sweep on that same part (as in docs/pipeline_results.md), and
+the blockwise ones against the whole-volume one. Writes the table to stdout.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+REGION = "[120:160]"
+
+
+def _cli(*args: str) -> float:
+    began = time.perf_counter()
+    command = [sys.executable, "-m", "tokenunify", *args, "--no-progress"]
+    done = subprocess.run(command, capture_output=True, text=True, check=False)
+    if done.returncode != 0:
+        raise SystemExit(f"{' '.join(command)} failed:\n{done.stderr[-3000:]}")
+    return time.perf_counter() - began
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", type=Path, required=True)
+    parser.add_argument("--config", type=Path, default=Path("configs/fib_medulla.yaml"))
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--region", type=int, nargs=3, default=[32, 128, 128], help="predict: daisy write region")
+    parser.add_argument("--block", type=int, nargs=3, default=[20, 128, 128], help="segment: daisy block")
+    parser.add_argument("--out", type=Path, default=Path("runs/fib_blockwise"))
+    args = parser.parse_args()
+    data = Path(os.environ.get("TOKENUNIFY_DATA", "../shared/data")) / "fib_medulla_labeled_z0-160.h5"
+    if not data.exists():
+        raise SystemExit(f"{data}: not found (set TOKENUNIFY_DATA)")
+    raw, gt = f"{data}:raw{REGION}", f"{data}:labels{REGION}"
+    shutil.rmtree(args.out, ignore_errors=True)
+    args.out.mkdir(parents=True)
+    store = args.out / "fib.zarr"
+    workers = ["--workers", str(args.workers)]
+    cfg = ["--config", str(args.config)]
+    seconds = {
+        "predict (whole)": _cli("predict", "--model", str(args.model), "-i", raw, "-o", f"{store}:affs_whole", *cfg),
+        "predict (blockwise)": _cli("predict", "--model", str(args.model), "-i", raw, "-o", f"{store}:affs_blocks",
+                                    "--blockwise", *workers, "--region", *map(str, args.region), *cfg),
+    }
+    runs = {"whole": ("affs_whole", False), "blockwise": ("affs_blocks", True), "mixed": ("affs_whole", True)}
+    for name, (affs, blockwise) in runs.items():
+        extra = ["--blockwise", *workers, "--block", *map(str, args.block)] if blockwise else []
+        seconds[f"segment ({name})"] = _cli("segment", "--affs", f"{store}:{affs}", "-o", f"{store}:seg_{name}",
+                                            "--gt", gt, *cfg, *extra)
+
+    from tokenunify.evaluate.metrics import evaluate_segmentation
+    from tokenunify.io import open_volume
+
+    labels = open_volume(gt).read()
+    segs = {name: open_volume(f"{store}:seg_{name}").read() for name in runs}
+    a, b = open_volume(f"{store}:affs_whole").read(), open_volume(f"{store}:affs_blocks").read()
+    near = slice(0, 3)
+    print(f"FIB validation part z 120-159 {labels.shape}, {args.workers} workers, model {args.model}\n")
+    print("| affinities | segmentation | threshold | VOI split | VOI merge | VOI | ARAND | segments | VOI to whole |")
+    print("|---|---|---:|---:|---:|---:|---:|---:|---:|")
+    rows = {"whole": ("whole-volume", "whole-volume"), "blockwise": ("blockwise", "blockwise"),
+            "mixed": ("whole-volume", "blockwise")}
+    for name, (affs_kind, seg_kind) in rows.items():
+        s = evaluate_segmentation(segs[name], labels)
+        threshold = open_volume(f"{store}:seg_{name}").attrs.get("threshold")
+        to_whole = evaluate_segmentation(segs[name], segs["whole"])["voi"]
+        print(f"| {affs_kind} | {seg_kind} | {threshold} | {s['voi_split']:.3f} | {s['voi_merge']:.3f} "
+              f"| {s['voi']:.3f} | {s['arand']:.3f} | {s['n_seg_ids']} | {to_whole:.3f} |")
+    diff = np.abs(a[near] - b[near])
+    print(f"\nnearest affinities, blockwise vs whole: max |diff| {diff.max():.4f}, mean {diff.mean():.5f}, "
+          f"voxels off by > 0.1: {(diff > 0.1).mean():.4%}")
+    print("wall time per command (s): " + ", ".join(f"{k} {v:.1f}" for k, v in seconds.items()))
+
+
+if __name__ == "__main__":
+    main()
