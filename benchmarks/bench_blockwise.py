@@ -74,6 +74,7 @@ def generate(path: Path, shape: tuple[int, int, int], dtype: str, workers: int) 
 
     began = time.perf_counter()
     shutil.rmtree(path, ignore_errors=True)
+    zarr.open_group(store=str(path.parent), mode="a")
     chunks = (1, min(64, shape[0]), min(256, shape[1]), min(256, shape[2]))
     zarr.create_array(store=str(path), shape=(3, *shape), chunks=chunks, dtype=dtype, fill_value=0,
                       attributes={"voxel_size": list(VOXEL_SIZE), "offset": [0, 0, 0], "offsets": NEAREST_OFFSETS})
@@ -163,7 +164,7 @@ def main() -> None:
     parser.add_argument("--factors", type=float, nargs="+", default=[0.25, 1.0, 4.0, 8.0])
     parser.add_argument("--block", type=int, nargs=3, default=[64, 128, 128])
     parser.add_argument("--workers", type=int, default=2)
-    parser.add_argument("--plane", type=int, nargs=2, default=[1024, 1024], help="y x of the generated volumes")
+    parser.add_argument("--plane", type=int, nargs=2, default=[512, 512], help="y x of the generated volumes")
     parser.add_argument("--probe-voxels", type=float, nargs=2, default=[4e6, 16e6])
     parser.add_argument("--child", nargs="+", help=argparse.SUPPRESS)
     args = parser.parse_args()

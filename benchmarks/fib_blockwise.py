@@ -46,6 +46,7 @@ def main() -> None:
     parser.add_argument("--config", type=Path, default=Path("configs/fib_medulla.yaml"))
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--region", type=int, nargs=3, default=[32, 128, 128], help="predict: daisy write region")
+    parser.add_argument("--context", type=int, nargs=3, default=None, help="predict: context around each region")
     parser.add_argument("--block", type=int, nargs=3, default=[20, 128, 128], help="segment: daisy block")
     parser.add_argument("--out", type=Path, default=Path("runs/fib_blockwise"))
     args = parser.parse_args()
@@ -61,7 +62,8 @@ def main() -> None:
     seconds = {
         "predict (whole)": _cli("predict", "--model", str(args.model), "-i", raw, "-o", f"{store}:affs_whole", *cfg),
         "predict (blockwise)": _cli("predict", "--model", str(args.model), "-i", raw, "-o", f"{store}:affs_blocks",
-                                    "--blockwise", *workers, "--region", *map(str, args.region), *cfg),
+                                    "--blockwise", *workers, "--region", *map(str, args.region), *cfg,
+                                    *(["--context", *map(str, args.context)] if args.context else [])),
     }
     runs = {"whole": ("affs_whole", False), "blockwise": ("affs_blocks", True), "mixed": ("affs_whole", True)}
     for name, (affs, blockwise) in runs.items():

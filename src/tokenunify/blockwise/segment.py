@@ -136,6 +136,9 @@ def segment_blockwise(
     output = check_output(output_spec, overwrite)
     if output.format != "zarr":
         raise InputError(output, "a blockwise segmentation is written to zarr (PATH.zarr:DATASET)")
+    if settings.jitter_repeats > 1:
+        raise InputError("segment.jitter_repeats", "jittered repeats are not done blockwise; set it to 1 "
+                         "(or segment the volume in memory, without --blockwise)")
     affs = open_volume(affs_spec)
     require_ndim(affs, 4, "affinities")
     require_not_empty(affs)
