@@ -41,8 +41,8 @@ MIB = 1024**2
 
 
 def _shape(voxels: float, block: tuple[int, int, int], plane: tuple[int, int]) -> tuple[int, int, int]:
-    """A (z, *plane) volume of about `voxels`, z a whole number of blocks."""
-    z = max(block[0], round(voxels / (plane[0] * plane[1]) / block[0]) * block[0])
+    """A (z, *plane) volume of at least `voxels`, z a whole number of blocks."""
+    z = max(block[0], math.ceil(voxels / (plane[0] * plane[1]) / block[0]) * block[0])
     return (int(z), *plane)
 
 
@@ -211,7 +211,7 @@ def main() -> None:
                      "worker_mib": run["worker_peak_mib"], "main_mib": run["main_peak_mib"],
                      "fragments_n": run["n_fragments"], "edges_n": run["n_edges"]})
         r = rows[-1]
-        print(f"  done {shape}: {r['total']:.0f} s", flush=True)
+        print(f"  done {shape}: {json.dumps(r, default=str)}", flush=True)
         shutil.rmtree(args.out / "big.zarr", ignore_errors=True)
         shutil.rmtree(args.out / f"big.zarr.seg_{args.workers}.work", ignore_errors=True)
 

@@ -125,3 +125,19 @@ def test_mws_merge_joins_strong_edges_and_keeps_mutexes():
     sums2 = np.array([0.95, 0.6, 0.0, 0.05])
     table2 = table_from_samples(u, v, sums2, np.ones(4), discretize(sums2), np.arange(1, 6, dtype=np.uint64))
     assert mws_merge(table2, bias=-0.5).tolist() == [1, 1, 3, 4, 5]
+
+
+def test_top_bins_are_enough_for_init_with_max():
+    from tokenunify.blockwise.edges import keep_top_bins
+
+    affs, fragments = _volume(4)
+    full = _table(fragments, affs, (6, 20, 20))
+    pruned = merge_tables([keep_top_bins(block_edges(fragments, affs, (0, 0, 0)))])
+    assert pruned.hist_edge.size == len(pruned) < full.hist_edge.size
+    np.testing.assert_array_equal(pruned.u, full.u)
+    np.testing.assert_array_equal(pruned.count, full.count)  # edge sizes survive the cut histograms
+    np.testing.assert_allclose(pruned.sum, full.sum)
+    for scoring in (QUANTILE, MEAN):
+        a, b = waterz_merge(full, THRESHOLDS, scoring), waterz_merge(pruned, THRESHOLDS, scoring)
+        for t in THRESHOLDS:
+            np.testing.assert_array_equal(a[t], b[t])

@@ -72,26 +72,37 @@ def _f32(x: float) -> float:
 
 
 class _Statistics:
-    """Per-edge statistics and their score, as waterz's providers keep them."""
+    """Per-edge statistics and their score, as waterz's providers keep them.
+
+    With ``InitWithMax`` every edge starts as the histogram ``{top bin: 1}``;
+    that start is kept as the top bin alone, and a dictionary is made only for
+    the edges that absorb another (a small share), which keeps the graph of a
+    large volume in memory.
+    """
 
     def __init__(self, table: EdgeTable, scorer: Scorer) -> None:
         self.scorer = scorer
+        n = len(table)
         if scorer.kind == "mean":
             self.sum = table.sum.astype(np.float64).tolist()
             self.count = table.count.astype(np.int64).tolist()
             return
-        n = len(table)
-        self.hist: list[dict[int, int]] = [{} for _ in range(n)]
-        edges, bins, counts = table.hist_edge.tolist(), table.hist_bin.tolist(), table.hist_count.tolist()
+        self.hist: dict[int, dict[int, int]] = {}
         if scorer.init_with_max:
             # waterz's InitWithMax keeps one count of the highest bin an edge has seen
             top = np.full(n, -1, np.int64)
             np.maximum.at(top, table.hist_edge.astype(np.int64), table.hist_bin.astype(np.int64))
-            for e, b in enumerate(top.tolist()):
-                self.hist[e] = {b: 1}
+            self.top: list[int] | None = top.tolist()
         else:
-            for e, b, c in zip(edges, bins, counts):
-                self.hist[e][b] = c
+            self.top = None
+            for e, b, c in zip(table.hist_edge.tolist(), table.hist_bin.tolist(), table.hist_count.tolist()):
+                self.hist.setdefault(e, {})[b] = c
+
+    def _histogram(self, e: int) -> dict[int, int]:
+        found = self.hist.get(e)
+        if found is not None:
+            return found
+        return {self.top[e]: 1} if self.top is not None else {}
 
     def merge(self, source: int, target: int) -> None:
         """Add the statistics of edge `source` to edge `target` (waterz's notifyEdgeMerge)."""
@@ -99,16 +110,18 @@ class _Statistics:
             self.sum[target] += self.sum[source]
             self.count[target] += self.count[source]
             return
-        into = self.hist[target]
-        for b, c in self.hist[source].items():
+        into = self.hist.get(target)
+        if into is None:
+            into = self.hist[target] = dict(self._histogram(target))
+        for b, c in self._histogram(source).items():
             into[b] = into.get(b, 0) + c
-        self.hist[source] = {}
+        self.hist[source] = {}  # emptied, like waterz's cleared histogram
 
     def score(self, e: int) -> float:
         """The float32 score waterz computes: one minus the edge's mean or quantile affinity."""
         if self.scorer.kind == "mean":
             return _f32(1.0 - _f32(self.sum[e] / self.count[e]))
-        hist = self.hist[e]
+        hist = self._histogram(e)
         pivot = self.scorer.quantile * sum(hist.values()) // 100 + 1
         total = 0
         chosen = BINS - 1

@@ -134,25 +134,47 @@ def table_from_samples(u, v, sums, counts, bins, nodes) -> EdgeTable:
 
 
 def merge_tables(tables: list[EdgeTable]) -> EdgeTable:
-    """One table for the union of blocks: rows of the same pair are summed."""
-    if not tables:
-        return table_from_samples(np.zeros(0, np.uint64), np.zeros(0, np.uint64), np.zeros(0), np.zeros(0), np.zeros(0), np.zeros(0, np.uint64))
-    nodes = np.unique(np.concatenate([t.nodes for t in tables]))
-    # expand each histogram cell into a sample of its own (sum carried by the first cell of each row)
-    us, vs, sums, counts, bins = [], [], [], [], []
-    for t in tables:
-        if len(t) == 0:
-            continue
-        first = np.r_[True, t.hist_edge[1:] != t.hist_edge[:-1]]
-        us.append(t.u[t.hist_edge])
-        vs.append(t.v[t.hist_edge])
-        sums.append(np.where(first, t.sum[t.hist_edge], 0.0))
-        counts.append(t.hist_count)
-        bins.append(t.hist_bin)
-    if not us:
-        return table_from_samples(np.zeros(0, np.uint64), np.zeros(0, np.uint64), np.zeros(0), np.zeros(0), np.zeros(0), nodes)
-    return table_from_samples(np.concatenate(us), np.concatenate(vs), np.concatenate(sums), np.concatenate(counts),
-                              np.concatenate(bins), nodes)
+    """One table for the union of blocks: rows of the same pair are summed, and so are their histogram cells.
+
+    Edge sums and counts and histogram cells are merged separately, so a
+    table whose histograms were cut by `keep_top_bins` keeps its true counts.
+    """
+    nodes = np.unique(np.concatenate([t.nodes for t in tables])) if tables else np.zeros(0, np.uint64)
+    rows = [t for t in tables if len(t)]
+    if not rows:
+        return table_from_samples(np.zeros(0, np.uint64), np.zeros(0, np.uint64), np.zeros(0), np.zeros(0),
+                                  np.zeros(0), nodes)
+    u = np.concatenate([t.u for t in rows])
+    v = np.concatenate([t.v for t in rows])
+    pairs, inverse = np.unique(np.stack([u, v], axis=1), axis=0, return_inverse=True)
+    inverse = inverse.ravel()
+    n = pairs.shape[0]
+    total = np.bincount(inverse, weights=np.concatenate([t.sum for t in rows]), minlength=n)
+    number = np.bincount(inverse, weights=np.concatenate([t.count for t in rows]), minlength=n).round().astype(np.int64)
+    # each table's cells point at its own rows; move them to the merged rows
+    starts = np.cumsum([0] + [len(t) for t in rows[:-1]])
+    cell_edge = np.concatenate([inverse[start + t.hist_edge.astype(np.int64)] for start, t in zip(starts, rows)])
+    cell_bin = np.concatenate([t.hist_bin for t in rows]).astype(np.int64)
+    cells, cell_inverse = np.unique(cell_edge * BINS + cell_bin, return_inverse=True)
+    cell_count = np.bincount(cell_inverse.ravel(), weights=np.concatenate([t.hist_count for t in rows]),
+                             minlength=cells.size).round().astype(np.int64)
+    return EdgeTable(pairs[:, 0].copy(), pairs[:, 1].copy(), total, number, cells // BINS,
+                     (cells % BINS).astype(np.int16), cell_count, nodes.astype(np.uint64))
+
+
+def keep_top_bins(table: EdgeTable) -> EdgeTable:
+    """The table with each edge's histogram cut to its highest non-empty bin (count kept).
+
+    All that waterz's ``InitWithMax`` histograms and the mean scorer need; the
+    top bin of merged tables is the top of their top bins, so the reduction is
+    safe before `merge_tables`. It keeps a block's table to a few numbers per
+    edge instead of one cell per distinct affinity bin.
+    """
+    if len(table) == 0:
+        return table
+    last = np.r_[table.hist_edge[1:] != table.hist_edge[:-1], True]
+    return EdgeTable(table.u, table.v, table.sum, table.count, table.hist_edge[last], table.hist_bin[last],
+                     table.hist_count[last], table.nodes)
 
 
 def save_table(path: str | Path, table: EdgeTable) -> None:

@@ -27,7 +27,7 @@ from typing import Any
 
 import numpy as np
 
-from tokenunify.blockwise.agglomerate import mws_merge, waterz_merge
+from tokenunify.blockwise.agglomerate import Scorer, mws_merge, parse_scoring, waterz_merge
 from tokenunify.blockwise.edges import load_table, merge_tables
 from tokenunify.blockwise.geometry import BlockGrid, Triple
 from tokenunify.blockwise.runner import prepare_work_dir, run_task
@@ -153,6 +153,11 @@ def segment_blockwise(
         thresholds = [float(threshold)] if threshold is not None else [float(t) for t in settings.thresholds]
     else:
         thresholds = [float(threshold if threshold is not None else settings.thresholds[len(settings.thresholds) // 2])]
+    try:
+        scorer = parse_scoring(settings.scoring) if settings.method == "waterz" else Scorer("mean")
+    except ValueError as err:
+        raise InputError("segment.scoring", str(err)) from None
+    full = scorer.kind == "quantile" and not scorer.init_with_max
     fingerprint = {
         "affinities": str(affs.spec), "affinities_path": str(Path(affs.spec.path).resolve()), "shape": list(affs.shape),
         "dtype": str(affs.dtype), "gt": gt_spec, "settings": asdict(settings), "thresholds": thresholds,
@@ -175,7 +180,7 @@ def segment_blockwise(
         seconds[name] = time.perf_counter() - began
 
     step("fragments", FragmentsStep(grid, affs_spec, channels, fragments, options_kw))
-    step("edges", EdgesStep(grid, affs_spec, channels, fragments, work / "edges", gt_spec))
+    step("edges", EdgesStep(grid, affs_spec, channels, fragments, work / "edges", gt_spec, full))
     began = time.perf_counter()
     lookup = _lookup(work, grid, settings, thresholds)
     seconds["agglomerate"] = time.perf_counter() - began

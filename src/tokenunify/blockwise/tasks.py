@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from tokenunify.blockwise.edges import block_edges, save_table
+from tokenunify.blockwise.edges import block_edges, keep_top_bins, save_table
 from tokenunify.blockwise.geometry import BlockGrid, Triple
 from tokenunify.errors import InputError
 from tokenunify.io.atomic import atomic_path
@@ -112,6 +112,8 @@ class EdgesStep(_Step):
     fragments: Path
     out_dir: Path
     gt: str | None = None
+    # False when the scorer reads only each edge's top bin (InitWithMax, mean): far smaller tables
+    full_histograms: bool = True
 
     def process(self, start: Triple) -> None:
         write = self.grid.write_region(start)
@@ -120,6 +122,8 @@ class EdgesStep(_Step):
         fragments = np.asarray(_open_zarr(self.fragments)[grown])
         affs = read_affinities(_open(self.affs), self.channels, write, self.affs)
         table = block_edges(fragments, affs, low)  # type: ignore[arg-type]
+        if not self.full_histograms:
+            table = keep_top_bins(table)
         index = self.grid.index(start)
         save_table(self.out_dir / f"{index}.npz", table)
         if self.gt is not None:
