@@ -11,9 +11,8 @@
    generated block by block into zarr (uint8 affinities: 3 bytes a voxel on
    disk) and segmented with `segment --blockwise` on --workers processes,
    each size in a fresh process. Reported: seconds per step, microseconds
-   per voxel, the peak RSS of the largest worker (getrusage of the reaped
-   children) and of the scheduler process, which holds the global region
-   graph.
+   per voxel, the peak RSS of the largest worker (VmHWM, polled) and of the
+   scheduler process, which holds the global region graph.
 3. **Workers.** On the volume of the first factor, the fragments and edges
    steps run once with 1 worker and once with 2, in this invocation.
 
@@ -88,6 +87,57 @@ def _peak_mib(who: int) -> float:
     return resource.getrusage(who).ru_maxrss / 1024  # Linux: KiB
 
 
+class _WorkerPeaks:
+    """The largest VmHWM (peak RSS) of any descendant process, polled every `interval` seconds.
+
+    getrusage(RUSAGE_CHILDREN) would count the parent's memory at fork time
+    for every worker spawned after the global step; VmHWM starts again at
+    exec, so it is the worker's own peak. Growth in a worker's last
+    `interval` before it exits can be missed.
+    """
+
+    def __init__(self, interval: float = 0.1) -> None:
+        import os
+        import threading
+
+        self.root, self.interval, self.peak_kib = os.getpid(), interval, 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._poll, daemon=True)
+        self._thread.start()
+
+    def _children(self) -> list[int]:
+        parents: dict[int, int] = {}
+        for entry in Path("/proc").iterdir():
+            if entry.name.isdigit():
+                try:
+                    parents[int(entry.name)] = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+                except (OSError, IndexError, ValueError):
+                    continue
+        found, frontier = [], [self.root]
+        while frontier:
+            parent = frontier.pop()
+            kids = [p for p, pp in parents.items() if pp == parent]
+            found += kids
+            frontier += kids
+        return found
+
+    def _poll(self) -> None:
+        while not self._stop.is_set():
+            for pid in self._children():
+                try:
+                    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+                        if line.startswith("VmHWM:"):
+                            self.peak_kib = max(self.peak_kib, int(line.split()[1]))
+                except (OSError, ValueError):
+                    continue
+            self._stop.wait(self.interval)
+
+    def stop(self) -> float:
+        self._stop.set()
+        self._thread.join()
+        return self.peak_kib / 1024
+
+
 def child_in_memory(folder: Path, voxels: float) -> dict:
     from tokenunify.postprocess.run import segment_volume
     from tokenunify.postprocess.settings import SegmentSettings
@@ -125,6 +175,7 @@ def child_blockwise(folder: Path, block: tuple[int, int, int], workers: int, ste
         return counts
 
     module.run_task = timed_task  # type: ignore[assignment]
+    peaks = _WorkerPeaks()
     began = time.perf_counter()
     result: dict = {}
     try:
@@ -134,7 +185,7 @@ def child_blockwise(folder: Path, block: tuple[int, int, int], workers: int, ste
         pass
     return {"seconds": {**result.get("seconds", {}), **timed}, "total": time.perf_counter() - began,
             "n_fragments": result.get("n_fragments"), "n_edges": result.get("n_edges"),
-            "worker_peak_mib": _peak_mib(resource.RUSAGE_CHILDREN), "main_peak_mib": _peak_mib(resource.RUSAGE_SELF)}
+            "worker_peak_mib": peaks.stop(), "main_peak_mib": _peak_mib(resource.RUSAGE_SELF)}
 
 
 class _Stopped(Exception):
