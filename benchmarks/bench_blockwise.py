@@ -92,7 +92,8 @@ class _WorkerPeaks:
 
     getrusage(RUSAGE_CHILDREN) would count the parent's memory at fork time
     for every worker spawned after the global step; VmHWM starts again at
-    exec, so it is the worker's own peak. Growth in a worker's last
+    exec, so it is the worker's own peak (only processes already running
+    daisy's worker module are read). Growth in a worker's last
     `interval` before it exits can be missed.
     """
 
@@ -125,6 +126,9 @@ class _WorkerPeaks:
         while not self._stop.is_set():
             for pid in self._children():
                 try:
+                    # a child between fork and exec still shows this process's memory: workers only
+                    if b"_subprocess_worker" not in Path(f"/proc/{pid}/cmdline").read_bytes():
+                        continue
                     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
                         if line.startswith("VmHWM:"):
                             self.peak_kib = max(self.peak_kib, int(line.split()[1]))
