@@ -55,7 +55,7 @@ def test_segment_config_overrides_and_flags(affs, run_cli, tmp_path):
     seg = open_volume(f"{tmp_path}/s.zarr:seg")
     assert seg.attrs["blockwise"] == {"block": [8, 32, 32], "context": [2, 8, 8]}
     # the override made the fragments 2d: no fragment spans two sections
-    fragments = open_volume(f"{tmp_path}/s.zarr.seg.work/fragments.zarr").read()
+    fragments = open_volume(f"{tmp_path}/s.zarr.seg.work/fragments.zarr:fragments").read()
     assert not np.intersect1d(np.unique(fragments[0]), np.unique(fragments[1])).size
 
 

@@ -300,7 +300,7 @@ def demo(
 def view(
     raw: str | None = typer.Option(None, help="Raw EM, PATH:DATASET."),
     affs: str | None = typer.Option(None, help="Affinities (C,z,y,x), shown as RGB."),
-    fragments: str | None = typer.Option(None, help="Fragments (e.g. a blockwise work folder's fragments.zarr)."),
+    fragments: str | None = typer.Option(None, help="Fragments, e.g. a blockwise run's out.zarr.seg.work/fragments.zarr:fragments."),
     seg: str | None = typer.Option(None, help="Segmentation, PATH:DATASET."),
     gt: str | None = typer.Option(None, help="Ground truth labels, PATH:DATASET."),
     bind: str = typer.Option("127.0.0.1", help="Address to listen on (default: this machine only)."),

@@ -107,7 +107,7 @@ def _voxel_sizes(volumes: Mapping[str, Volume]) -> dict[str, tuple[float, ...]]:
     known = [(k, v) for k, v in volumes.items() if getattr(v, "voxel_size_known", True)]
     ref_kind, ref = known[0] if known else next(iter(volumes.items()))
     first_kind, first = next(iter(volumes.items()))
-    for kind, vol in volumes.items():
+    for vol in volumes.values():
         if getattr(vol, "voxel_size_known", True) and tuple(vol.voxel_size) != tuple(ref.voxel_size):
             raise InputError(str(vol.spec), f"voxel size {vol.voxel_size} nm differs from {OPTION[ref_kind]} "
                              f"{ref.spec} ({ref.voxel_size} nm)")
@@ -129,7 +129,7 @@ def _local_volume(kind: str, volume: Volume, voxel_size_nm: tuple[float, ...]) -
     ng = _import_neuroglancer()
     voxel_size = [float(v) for v in voxel_size_nm]
     offset_nm = getattr(volume, "offset", (0.0, 0.0, 0.0))
-    voxel_offset = [int(round(o / v)) for o, v in zip(offset_nm, voxel_size)]
+    voxel_offset = [round(o / v) for o, v in zip(offset_nm, voxel_size)]
     names, units, scales = ["z", "y", "x"], ["nm"] * 3, voxel_size
     if kind == "affs":
         # `c^` makes the channel axis a local one, so the shader can read all channels at once
@@ -152,7 +152,7 @@ def _start_server(ng: Any, bind: str, port: int) -> None:
     ng.set_server_bind_address(bind, bind_port=port)
 
 
-def open_viewer(layers: Mapping[str, str | Volume], bind: str = "127.0.0.1", port: int = 0) -> "neuroglancer.Viewer":
+def open_viewer(layers: Mapping[str, str | Volume], bind: str = "127.0.0.1", port: int = 0) -> neuroglancer.Viewer:
     """Start a neuroglancer viewer showing `layers` and return it (the server runs in a background thread).
 
     `layers` maps a kind (raw, affs, fragments, segmentation, gt; any subset, at

@@ -7,7 +7,13 @@ import pytest
 from scipy import ndimage
 
 from tokenunify.blockwise.agglomerate import mws_merge, parse_scoring, waterz_merge
-from tokenunify.blockwise.edges import block_edges, discretize, load_table, merge_tables, save_table
+from tokenunify.blockwise.edges import (
+    block_edges,
+    discretize,
+    load_table,
+    merge_tables,
+    save_table,
+)
 from tokenunify.postprocess.agglomerate import waterz_sweep
 from tokenunify.postprocess.fragments import watershed_fragments
 

@@ -46,7 +46,7 @@ def _command(folder: Path, name: str) -> list[str]:
 def _written(work: Path, stage: str) -> int:
     """Blocks whose output file exists (a chunk of fragments, or an edge table)."""
     if stage == "fragments":
-        chunks = work / "fragments.zarr" / "c"
+        chunks = work / "fragments.zarr" / "fragments" / "c"
         return sum(1 for p in chunks.rglob("*") if p.is_file()) if chunks.exists() else 0
     edges = work / "edges"
     return len(list(edges.glob("*.npz"))) if edges.exists() else 0
@@ -75,10 +75,10 @@ def test_killed_run_resumes_to_the_same_bytes(store, stage):
     print("done at the kill:", done)
     assert done[stage] < N_BLOCKS and sum(done.values()) > 0
 
-    again = subprocess.run(_command(store, name), capture_output=True, text=True, timeout=300)
+    again = subprocess.run(_command(store, name), capture_output=True, text=True, timeout=300, check=False)
     assert again.returncode == 0, again.stderr
     for step, before in done.items():
-        match = re.search(rf"^{step}: (\d+) of {N_BLOCKS} blocks computed, (\d+) already done", again.stdout, re.M)
+        match = re.search(rf"^{step}: (\d+) of {N_BLOCKS} blocks computed, (\d+) already done", again.stdout, re.MULTILINE)
         assert match, again.stdout
         # every block recorded as finished is skipped; only the others are computed
         assert (int(match[1]), int(match[2])) == (N_BLOCKS - before, before)
@@ -90,10 +90,10 @@ def test_cli_bad_input_exits_2_with_one_line(store):
     # context larger than the volume
     bad = _command(store, "bad")
     bad[bad.index("--context") + 1] = "40"
-    result = subprocess.run(bad, capture_output=True, text=True, timeout=120)
+    result = subprocess.run(bad, capture_output=True, text=True, timeout=120, check=False)
     assert result.returncode == 2
     assert result.stderr.strip().count("\n") == 0 and "context" in result.stderr and "smaller" in result.stderr
     assert not (store / "v.zarr.bad.work").exists() and not (store / "v.zarr" / "bad").exists()
     # an existing output without --overwrite
-    result = subprocess.run(_command(store, "reference"), capture_output=True, text=True, timeout=120)
+    result = subprocess.run(_command(store, "reference"), capture_output=True, text=True, timeout=120, check=False)
     assert result.returncode == 2 and "already exists" in result.stderr

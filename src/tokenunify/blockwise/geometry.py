@@ -64,18 +64,18 @@ class BlockGrid:
 
     def _world(self, voxels: Triple) -> Coordinate:
         # integer nm: daisy's ROIs are integer coordinates; voxel sizes below 1 nm are not EM
-        return Coordinate(*(int(round(v * s)) for v, s in zip(voxels, self._nm)))
+        return Coordinate(*(round(v * s) for v, s in zip(voxels, self._nm)))
 
     @property
     def _nm(self) -> tuple[int, int, int]:
-        nm = tuple(int(round(v)) for v in self.voxel_size)
+        nm = tuple(round(v) for v in self.voxel_size)
         if any(n < 1 or abs(n - v) > 1e-6 for n, v in zip(nm, self.voxel_size)):
             raise InputError(self.where, f"blockwise work needs whole-nm voxel sizes, not {self.voxel_size}")
         return nm  # type: ignore[return-value]
 
     @property
     def _origin(self) -> Coordinate:
-        return Coordinate(*(int(round(o)) for o in self.offset))
+        return Coordinate(*(round(o) for o in self.offset))
 
     def daisy_rois(self) -> tuple[Roi, Roi, Roi]:
         """(total, read, write) ROIs in nm for `daisy.Task`: the volume grown by the context, and one block."""

@@ -74,7 +74,7 @@ class PredictStep:
         model, _ = load_model(self.checkpoint, device)
         return model, open_volume(self.raw), zarr.open_array(store=str(self.out), mode="r+"), device
 
-    def serial(self) -> "_SerialPredict":
+    def serial(self) -> _SerialPredict:
         """A one-argument block function for daisy's serial mode (no server to connect to)."""
         return _SerialPredict(self)
 

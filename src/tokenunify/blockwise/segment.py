@@ -27,7 +27,12 @@ from typing import Any
 
 import numpy as np
 
-from tokenunify.blockwise.agglomerate import Scorer, mws_merge, parse_scoring, waterz_merge
+from tokenunify.blockwise.agglomerate import (
+    Scorer,
+    mws_merge,
+    parse_scoring,
+    waterz_merge,
+)
 from tokenunify.blockwise.edges import load_table, merge_tables
 from tokenunify.blockwise.geometry import BlockGrid, Triple
 from tokenunify.blockwise.runner import prepare_work_dir, run_task
@@ -165,7 +170,8 @@ def segment_blockwise(
     }
     work = prepare_work_dir(work_dir_for(output), fingerprint, overwrite)
     meta = {"voxel_size": [float(v) for v in affs.voxel_size], "offset": [float(o) for o in affs.offset]}
-    fragments = create_array(work / "fragments.zarr", grid.shape, grid.block, "uint64", meta)
+    # a store with one array, so it is a volume name of its own: WORK/fragments.zarr:fragments
+    fragments = create_array(work / "fragments.zarr" / "fragments", grid.shape, grid.block, "uint64", meta)
     (work / "edges").mkdir(exist_ok=True)
     options_kw = {"mode": settings.fragments, "boundary_threshold": settings.boundary_threshold,
                   "min_seed_distance": settings.min_seed_distance, "split_by_affinity": settings.split_by_affinity}

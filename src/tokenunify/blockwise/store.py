@@ -24,6 +24,8 @@ def create_array(path: Path, shape: tuple[int, ...], chunks: tuple[int, ...], dt
 
     if path.exists():
         return path
+    if path.parent.suffix == ".zarr":
+        zarr.open_group(store=str(path.parent), mode="a")
     with atomic_path(path) as staging:
         zarr.create_array(store=str(staging), shape=shape, chunks=chunks, dtype=dtype, fill_value=0,
                           attributes=attrs)

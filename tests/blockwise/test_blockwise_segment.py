@@ -7,7 +7,11 @@ import pytest
 import zarr
 
 from tokenunify.blockwise.runner import BlockFailedError
-from tokenunify.blockwise.segment import BlockwiseOptions, segment_blockwise, work_dir_for
+from tokenunify.blockwise.segment import (
+    BlockwiseOptions,
+    segment_blockwise,
+    work_dir_for,
+)
 from tokenunify.data.synthetic_affinities import NEAREST_OFFSETS, SyntheticAffinities
 from tokenunify.errors import InputError, OutputError
 from tokenunify.evaluate.metrics import evaluate_segmentation
@@ -49,7 +53,7 @@ def _run(folder, name, options, settings=SETTINGS, gt=True, **kw):
 
 
 def test_one_block_is_the_whole_volume_result(volume, whole):
-    folder, labels = volume
+    folder, _ = volume
     result, seg = _run(folder, "one", BlockwiseOptions(block=SHAPE, multiprocessing=False))
     whole_seg, whole_best = whole
     # the same fragments and the same merges: the same partition, the same scores
@@ -100,7 +104,7 @@ def test_mutex_watershed_on_the_graph(volume):
     result, seg = _run(folder, "mws", BlockwiseOptions(block=BLOCK, context=CONTEXT, multiprocessing=False), settings)
     assert result["rows"][0]["threshold"] == -0.5
     # mutex watershed on fragments: far better than keeping the fragments or merging all
-    fragments = zarr.open_array(store=f"{result['work_dir']}/fragments.zarr", mode="r")[:]
+    fragments = zarr.open_array(store=f"{result['work_dir']}/fragments.zarr/fragments", mode="r")[:]
     assert evaluate_segmentation(seg, labels)["voi"] < 0.5 * evaluate_segmentation(fragments, labels)["voi"]
     assert 20 < result["n_segments"] < result["n_fragments"]
 
@@ -113,7 +117,7 @@ def test_without_ground_truth_one_threshold(volume):
 
 
 def test_a_failing_block_stops_the_run_and_the_rest_resumes(volume, tmp_path):
-    folder, labels = volume
+    folder, _ = volume
     syn = SyntheticAffinities(SHAPE, seed=2)
     affs = syn.affinities()
     broken = affs.copy()
@@ -132,7 +136,7 @@ def test_a_failing_block_stops_the_run_and_the_rest_resumes(volume, tmp_path):
     write_volume(spec, affs, (40, 8, 8), attrs={"offsets": NEAREST_OFFSETS}, overwrite=True)
     result = segment_blockwise(spec, f"{tmp_path}/b.zarr:seg", SETTINGS, options, progress=False, threshold=0.4)
     assert result["blocks"]["fragments"]["skipped"] == 11 and result["blocks"]["fragments"]["computed"] == 1
-    clean, _ = _run(folder, "clean", BlockwiseOptions(block=BLOCK, context=CONTEXT, multiprocessing=False),
+    _run(folder, "clean", BlockwiseOptions(block=BLOCK, context=CONTEXT, multiprocessing=False),
                     gt=False, threshold=0.4)
     np.testing.assert_array_equal(zarr.open_array(store=f"{tmp_path}/b.zarr/seg", mode="r")[:],
                                   zarr.open_array(store=f"{folder}/v.zarr/clean", mode="r")[:])
@@ -191,7 +195,7 @@ def test_an_unwritable_work_folder_is_refused(volume, tmp_path):
 
 
 def test_uint8_affinities_mean_the_same_in_both_paths(volume, whole):
-    folder, labels = volume
+    folder, _ = volume
     affs = SyntheticAffinities(SHAPE, seed=2).affinities()
     write_volume(f"{folder}/v.zarr:affs8", np.round(affs * 255).astype(np.uint8), (40, 8, 8),
                  attrs={"offsets": NEAREST_OFFSETS}, overwrite=True)
