@@ -248,3 +248,55 @@ def test_a_worker_bug_is_raised_naming_the_stage(data, tmp_path):
         study(config, [], progress=False)
     # the fine-tuning stage that needed it never started
     assert not (tmp_path / "study" / "finetune").exists()
+
+
+def test_pretraining_is_paid_once(data, monkeypatch, tmp_path):
+    from tokenunify.study.report import _pretraining_lines
+    from tokenunify.study.run_study import load_study
+
+    config = tmp_path / "study.yaml"
+    config.write_text(yaml.safe_dump(_raw(data, out_dir=str(tmp_path / "a"), pretrain_cache=str(tmp_path / "cache"))))
+
+    def pretraining(*overrides):
+        settings = load_study(config, list(overrides), False)
+        return settings, [s for s in plan_study(settings) if s.kind == "pretrain"]
+
+    settings, stages = pretraining()
+    first = runner.run_study(Path(settings.out_dir), stages, progress=False, cache=Path(settings.pretrain_cache))
+    assert all("cached_from" not in r and r["pretrain_minutes"] > 0 for r in first)
+    assert len([p for p in (tmp_path / "cache").iterdir() if not p.name.startswith(".")]) == len(stages) == 2
+
+    def must_not_run(*args, **kwargs):
+        raise AssertionError("a cached pretraining ran again")
+
+    monkeypatch.setattr(runner, "pretrain", must_not_run)
+    # another study folder, the same pretraining configs and data: copied from the cache
+    settings_b, stages_b = pretraining(f"out_dir={tmp_path / 'b'}")
+    said: list[str] = []
+    second = runner.run_study(Path(settings_b.out_dir), stages_b, progress=False, log=said.append,
+                              cache=Path(settings_b.pretrain_cache))
+    assert [r["tokens_seen"] for r in second] == [r["tokens_seen"] for r in first]
+    assert all(r["cached_from"].startswith(str(tmp_path / "cache")) for r in second)
+    assert all("reused from" in line for line in said)
+    for stage in stages_b:
+        assert (tmp_path / "b" / stage.key / "checkpoints" / "last.pt").exists()
+    report = {"meta": {}, "pretraining": [{"stage": r["key"], "arm": r["arm"], "tokens": r["tokens_seen"],
+                                           "steps": r["steps"], "minutes": r["pretrain_minutes"],
+                                           "cached_from": r.get("cached_from")} for r in second]}
+    assert any("reused from the cache" in line for line in _pretraining_lines(report))
+    # a changed pretraining config is a new key: it must run
+    _, stages_c = pretraining(f"out_dir={tmp_path / 'c'}", "pretrain.train.steps=3")
+    with pytest.raises(AssertionError, match="ran again"):
+        runner.run_study(tmp_path / "c", stages_c, progress=False, cache=tmp_path / "cache")
+
+
+def test_cache_key_follows_the_data(tmp_path):
+    from tokenunify.study.cache import cache_key
+
+    volume = make_synthetic_volume((8, 32, 32), (10, 10, 10), seed=1)
+    write_volume(f"{tmp_path}/u.h5:raw", volume.raw, volume.voxel_size)
+    key = cache_key("abc", [f"{tmp_path}/u.h5:raw"])
+    assert key == cache_key("abc", [f"{tmp_path}/u.h5:raw"]) != cache_key("abd", [f"{tmp_path}/u.h5:raw"])
+    assert key != cache_key("abc", [f"{tmp_path}/u.h5:raw[0:4]"])
+    write_volume(f"{tmp_path}/u.h5:raw", 255 - volume.raw, volume.voxel_size, overwrite=True)
+    assert key != cache_key("abc", [f"{tmp_path}/u.h5:raw"])

@@ -132,6 +132,18 @@ def _parallel_note(meta: dict[str, Any]) -> str:
     return "" if workers == 1 else f" ({workers} stages ran at a time, so the sum exceeds the wall time)"
 
 
+def _pretraining_lines(report: dict[str, Any]) -> list[str]:
+    """Tokens and minutes of each pretraining, and whether this study ran it or reused a cached run."""
+    rows = report.get("pretraining") or []
+    if not rows:
+        return []
+    lines = ["## Pretraining", "", "| stage | arm | steps | tokens | minutes | source |", "|---|---|---:|---:|---:|---|"]
+    for r in rows:
+        source = f"reused from the cache `{r['cached_from']}`" if r["cached_from"] else "ran in this study"
+        lines.append(f"| {r['stage']} | {r['arm']} | {r['steps']} | {r['tokens']:,} | {r['minutes']:.1f} | {source} |")
+    return [*lines, ""]
+
+
 def markdown(report: dict[str, Any]) -> str:
     """The human-readable report."""
     meta, lines = report["meta"], []
@@ -151,7 +163,7 @@ def markdown(report: dict[str, Any]) -> str:
     for e in report["summary"]:
         lines.append(f"| {e['budget']} | {e['arm']} | {e['seeds']} | {_pm(e, 'voi_split')} | {_pm(e, 'voi_merge')} | "
                      f"{_pm(e, 'voi')} | {_pm(e, 'arand')} | {_pct(e['voi_vs_scratch_pct'])} | {_pct(e['voi_vs_mae_pct'])} |")
-    lines += ["", f"![VOI and ARAND per arm]({FIGURES['voi']})", "", "## Target", ""]
+    lines += ["", f"![VOI and ARAND per arm]({FIGURES['voi']})", "", *_pretraining_lines(report), "## Target", ""]
     for c in report["target"]:
         parts = []
         for ref in ("scratch", "mae"):
@@ -202,6 +214,9 @@ def write_report(study: StudySettings, results: Sequence[dict[str, Any]], meta: 
         "floor": {"voi": study.floor.voi, "arand": study.floor.arand, "failures": agg.floor_check(rows, study.floor)},
         "curves": curves, "scaling": scaling_points(rows, study),
         "tokens_seen": {r["key"]: r["tokens_seen"] for r in results if r["kind"] == "pretrain"},
+        "pretraining": [{"stage": r["key"], "arm": r["arm"], "tokens": r["tokens_seen"], "steps": r["steps"],
+                         "minutes": r.get("pretrain_minutes", r["minutes_this_call"]),
+                         "cached_from": r.get("cached_from")} for r in results if r["kind"] == "pretrain"],
         "all_finite": agg.all_finite(rows),
     }
     write_text_atomic(out / "results.json", json.dumps(report, indent=1, default=float))

@@ -67,7 +67,8 @@ def study(config: Path, overrides: list[str], quick: bool = False, report_only: 
     if report_only:
         results = [r for r in (read_result(root, s) for s in stages) if r is not None]
     else:
-        results = run_study(root, stages, progress=progress, workers=settings.workers, device=device)
+        cache = Path(settings.pretrain_cache) if settings.pretrain_cache else None
+        results = run_study(root, stages, progress=progress, workers=settings.workers, device=device, cache=cache)
     records = _log_invocation(root, {"event": "end", "minutes": (time.monotonic() - started) / 60,
                                      "report_only": report_only, "quick": quick, "commit": commit_at_start})
     invocations = [r for r in records if "minutes" in r]

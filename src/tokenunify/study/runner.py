@@ -34,6 +34,7 @@ from tokenunify.errors import OutputError, TokenUnifyError
 from tokenunify.finetune.train import train
 from tokenunify.io.atomic import write_text_atomic
 from tokenunify.pretrain.loop import pretrain
+from tokenunify.study.cache import cache_key, fetch, store
 from tokenunify.study.plan import Stage
 from tokenunify.training.run_folder import RunFolder
 
@@ -95,6 +96,9 @@ def run_stage(root: Path, stage: Stage, progress: bool, device: str = "auto") ->
               "budget": stage.budget, "part": stage.part, "steps": summary["steps"],
               "parameters": summary["parameters"], "minutes_this_call": (time.monotonic() - started) / 60,
               "resumed": resume, "fingerprint": fingerprint(stage), **body}
+    if stage.kind == "pretrain":
+        # what pretraining cost when it ran; a study that reuses it from the cache reports this figure
+        result["pretrain_minutes"] = result["minutes_this_call"]
     write_text_atomic(folder.root / RESULT, json.dumps(result, indent=1, default=float))
     return result
 
@@ -104,18 +108,58 @@ def _val_history(folder: RunFolder) -> list[dict[str, Any]]:
     return [row["val"] for row in rows if "val" in row]
 
 
+def _cache_key(stage: Stage) -> str:
+    return cache_key(fingerprint(stage), list(stage.settings.data.volumes))  # type: ignore[union-attr]
+
+
+def _from_cache(root: Path, stage: Stage, cache: Path | None, log: Callable[[str], None]) -> dict[str, Any] | None:
+    """A pretraining stage's result copied from the cache (its folder filled from it), or None."""
+    if cache is None or stage.kind != "pretrain":
+        return None
+    key = _cache_key(stage)
+    result = fetch(cache, key, root / stage.key)
+    if result is None:
+        return None
+    result.update({"key": stage.key, "cached_from": str(cache / key), "minutes_this_call": 0.0,
+                   "checkpoint": str(root / stage.key / "checkpoints" / "last.pt")})
+    write_text_atomic(root / stage.key / RESULT, json.dumps(result, indent=1, default=float))
+    log(f"{stage.key}: pretraining reused from {cache / key} "
+        f"({result.get('pretrain_minutes', 0.0):.1f} min paid once, not again)")
+    return result
+
+
+def _to_cache(root: Path, stage: Stage, result: dict[str, Any], cache: Path | None) -> None:
+    if cache is not None and stage.kind == "pretrain" and "cached_from" not in result:
+        store(cache, _cache_key(stage), root / stage.key)
+
+
 def run_study(root: Path, stages: list[Stage], progress: bool = True,
-              log: Callable[[str], None] = tqdm.write, workers: int = 1, device: str = "auto") -> list[dict[str, Any]]:
-    """Run every unfinished stage, `workers` at a time, on `device`; returns the results of all stages in plan order."""
+              log: Callable[[str], None] = tqdm.write, workers: int = 1, device: str = "auto",
+              cache: Path | None = None) -> list[dict[str, Any]]:
+    """Run every unfinished stage, `workers` at a time, on `device`; returns the results of all stages in plan order.
+
+    With `cache`, a pretraining stage whose config and data match a cached
+    run is copied from it instead of run, and a pretraining stage that runs
+    is added to the cache (see `tokenunify.study.cache`).
+    """
     results, pending = _finished_and_pending(root, stages, log)
+    for stage in list(pending):
+        cached = _from_cache(root, stage, cache, log)
+        if cached is not None:
+            results[stage.key] = cached
+            pending.remove(stage)
     if workers > 1:
         _run_parallel(root, stages, results, pending, workers, log, device)
+        for stage in stages:
+            if stage.key in results:
+                _to_cache(root, stage, results[stage.key], cache)
         return [results[s.key] for s in stages]
     for stage in pending:
         if stage.needs is not None and stage.needs not in results:
             raise RuntimeError(f"{stage.key} needs {stage.needs}, which has not finished")
         log(f"{_label(stages, stage)}: running")
         results[stage.key] = run_stage(root, stage, progress, device)
+        _to_cache(root, stage, results[stage.key], cache)
     return [results[s.key] for s in stages]
 
 

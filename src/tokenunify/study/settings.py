@@ -88,6 +88,8 @@ class StudySettings:
     # share of the CPU threads; see docs/study.md ("Stages in parallel").
     workers: int = 1
     out_dir: str = "runs/study"
+    # a folder of finished pretraining runs by config and data fingerprint, shared by studies ("": none)
+    pretrain_cache: str = ""
     report_dir: str = "docs"
     quick: list[str] = field(default_factory=list)
 
