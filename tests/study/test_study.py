@@ -141,6 +141,10 @@ def test_study_runs_resumes_and_reports(data, monkeypatch):
         (a, b, 0) for a in ("scratch", "mae", "tokenunify") for b in ("scarce", "full")}
     assert [p["step"] for p in on_disk["curves"]["tokenunify/scarce/s0"]] == [1, 2]
     assert "| scarce | tokenunify | 1 |" in (data / "report" / "results.md").read_text()
+    text = (data / "report" / "results.md").read_text()
+    assert "| scarce | tokenunify | scratch | 1 |" in text and "n/a (one seed)" in text  # paired, one seed
+    assert "| pretrain/mae/tiny/s0 | mae | 2 |" in text and "ran in this study" in text
+    assert {(p["arm"], p["ref"]) for p in on_disk["paired"]} >= {("tokenunify", "scratch"), ("tokenunify", "mae")}
 
     # A rerun trains nothing: every stage is found finished.
     def must_not_run(*args, **kwargs):
@@ -300,3 +304,26 @@ def test_cache_key_follows_the_data(tmp_path):
     assert key != cache_key("abc", [f"{tmp_path}/u.h5:raw[0:4]"])
     write_volume(f"{tmp_path}/u.h5:raw", 255 - volume.raw, volume.voxel_size, overwrite=True)
     assert key != cache_key("abc", [f"{tmp_path}/u.h5:raw"])
+
+
+def test_paired_differences_and_their_bootstrap():
+    rows = [_row(arm, "scarce", seed, voi) for arm, seed, voi in
+            [("scratch", 0, 2.0), ("scratch", 1, 1.8), ("scratch", 2, 2.2),
+             ("tokenunify", 0, 1.5), ("tokenunify", 1, 1.4), ("tokenunify", 2, 1.6), ("mae", 0, 1.9)]]
+    paired = agg.paired_differences(rows, ["scratch", "mae", "tokenunify"], ["scarce"], "tiny")
+    tu = next(p for p in paired if p["arm"] == "tokenunify" and p["ref"] == "scratch")
+    assert tu["seeds"] == [0, 1, 2] and tu["diffs"] == pytest.approx([-0.5, -0.4, -0.6])
+    assert tu["mean"] == pytest.approx(-0.5) and tu["mean_pct"] == pytest.approx(-25.0)
+    low, high = tu["ci95"]
+    assert -0.6 - 1e-12 <= low <= high <= -0.4 + 1e-12 and tu["excludes_zero"]
+    # one shared seed with MAE: a difference, no interval
+    vs_mae = next(p for p in paired if p["arm"] == "tokenunify" and p["ref"] == "mae")
+    assert vs_mae["seeds"] == [0] and vs_mae["ci95"] is None and vs_mae["excludes_zero"] is None
+    # the vectorised bootstrap against a plain loop with the same draws
+    values = [0.3, -0.1, 0.2, 0.5]
+    rng = np.random.default_rng(0)
+    picks = rng.integers(0, 4, size=(10_000, 4))
+    loop = sorted(sum(values[i] for i in row) / 4 for row in picks.tolist())
+    got = agg.bootstrap_interval(values)
+    assert got == pytest.approx((np.percentile(loop, 2.5), np.percentile(loop, 97.5)))
+    assert agg.bootstrap_interval([1.0, 1.0, 1.0]) == (1.0, 1.0)

@@ -101,3 +101,46 @@ def floor_check(rows: Sequence[dict[str, Any]], floor: FloorSettings) -> list[di
 def all_finite(rows: Sequence[dict[str, Any]]) -> bool:
     """Every metric of every run is a finite number."""
     return all(np.isfinite(r[m]) for r in rows for m in METRICS)
+
+
+def bootstrap_interval(values: Sequence[float], draws: int = 10_000, level: float = 0.95,
+                       seed: int = 0) -> tuple[float, float] | None:
+    """Percentile bootstrap interval of the mean of `values` (resampled with replacement); None below 2 values."""
+    arr = np.asarray(values, dtype=float)
+    if arr.size < 2:
+        return None
+    rng = np.random.default_rng(seed)
+    means = arr[rng.integers(0, arr.size, size=(draws, arr.size))].mean(axis=1)
+    tail = 100.0 * (1.0 - level) / 2.0
+    return float(np.percentile(means, tail)), float(np.percentile(means, 100.0 - tail))
+
+
+def paired_differences(rows: Sequence[dict[str, Any]], arms: Sequence[str], budgets: Sequence[str], preset: str,
+                       refs: Sequence[str] = (SCRATCH, MAE), metric: str = "voi") -> list[dict[str, Any]]:
+    """Per budget and arm: `metric` minus the reference arm's on the same seed, with a bootstrap 95% interval.
+
+    Seeds pair runs that share the fine-tuning seed (crops, augmentation,
+    initialisation of the fresh parts), so the paired difference removes the
+    part of the seed spread both arms share. Only seeds present in both arms
+    count; an interval needs at least two of them.
+    """
+    out = []
+    for budget in budgets:
+        by_arm = {arm: {r["seed"]: r[metric] for r in rows
+                        if r["arm"] == arm and r["budget"] == budget and r["preset"] == preset} for arm in arms}
+        for ref in refs:
+            for arm in arms:
+                if arm == ref or not by_arm.get(ref) or not by_arm.get(arm):
+                    continue
+                seeds = sorted(set(by_arm[arm]) & set(by_arm[ref]))
+                if not seeds:
+                    continue
+                diffs = [by_arm[arm][s] - by_arm[ref][s] for s in seeds]
+                interval = bootstrap_interval(diffs)
+                base = float(np.mean([by_arm[ref][s] for s in seeds]))
+                out.append({"budget": budget, "arm": arm, "ref": ref, "metric": metric, "seeds": seeds,
+                            "diffs": diffs, "mean": float(np.mean(diffs)),
+                            "mean_pct": 100.0 * float(np.mean(diffs)) / base if base else None,
+                            "ci95": interval,
+                            "excludes_zero": None if interval is None else bool(interval[1] < 0 or interval[0] > 0)})
+    return out

@@ -132,6 +132,22 @@ def _parallel_note(meta: dict[str, Any]) -> str:
     return "" if workers == 1 else f" ({workers} stages ran at a time, so the sum exceeds the wall time)"
 
 
+def _paired_lines(report: dict[str, Any]) -> list[str]:
+    """VOI of each arm minus the reference's on the same seed, mean and bootstrap 95% interval over seeds."""
+    rows = report.get("paired") or []
+    if not rows:
+        return []
+    lines = ["## Paired differences (VOI, same fine-tuning seed)", "",
+             "| label budget | arm | against | seeds | mean difference | % | bootstrap 95% interval | excludes 0 |",
+             "|---|---|---|---:|---:|---:|---|---|"]
+    for p in rows:
+        ci = "n/a (one seed)" if p["ci95"] is None else f"[{p['ci95'][0]:+.3f}, {p['ci95'][1]:+.3f}]"
+        excludes = "n/a" if p["excludes_zero"] is None else ("yes" if p["excludes_zero"] else "no")
+        lines.append(f"| {p['budget']} | {p['arm']} | {p['ref']} | {len(p['seeds'])} | {p['mean']:+.3f} | "
+                     f"{_pct(p['mean_pct'])} | {ci} | {excludes} |")
+    return [*lines, ""]
+
+
 def _pretraining_lines(report: dict[str, Any]) -> list[str]:
     """Tokens and minutes of each pretraining, and whether this study ran it or reused a cached run."""
     rows = report.get("pretraining") or []
@@ -163,7 +179,8 @@ def markdown(report: dict[str, Any]) -> str:
     for e in report["summary"]:
         lines.append(f"| {e['budget']} | {e['arm']} | {e['seeds']} | {_pm(e, 'voi_split')} | {_pm(e, 'voi_merge')} | "
                      f"{_pm(e, 'voi')} | {_pm(e, 'arand')} | {_pct(e['voi_vs_scratch_pct'])} | {_pct(e['voi_vs_mae_pct'])} |")
-    lines += ["", f"![VOI and ARAND per arm]({FIGURES['voi']})", "", *_pretraining_lines(report), "## Target", ""]
+    lines += ["", f"![VOI and ARAND per arm]({FIGURES['voi']})", "", *_paired_lines(report),
+              *_pretraining_lines(report), "## Target", ""]
     for c in report["target"]:
         parts = []
         for ref in ("scratch", "mae"):
@@ -211,6 +228,7 @@ def write_report(study: StudySettings, results: Sequence[dict[str, Any]], meta: 
               if r["kind"] == "finetune" and r["part"] == "main" and r["arm"] in study.curve.arms}
     report = {
         "meta": meta, "runs": rows, "summary": summary, "target": agg.target_check(summary),
+        "paired": agg.paired_differences(rows, arms, [b.name for b in study.budgets], study.pretrain.model.preset),
         "floor": {"voi": study.floor.voi, "arand": study.floor.arand, "failures": agg.floor_check(rows, study.floor)},
         "curves": curves, "scaling": scaling_points(rows, study),
         "tokens_seen": {r["key"]: r["tokens_seen"] for r in results if r["kind"] == "pretrain"},
