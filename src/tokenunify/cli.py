@@ -231,14 +231,13 @@ def _segment_preview(path: Path, raw_spec: str | None, affs_spec: str, seg_spec:
     import numpy as np
 
     from tokenunify.io import open_volume
+    from tokenunify.offsets import unit_affinities
     from tokenunify.report.plots import preview_png
 
     affs_vol = open_volume(affs_spec)
     mid = affs_vol.shape[1] // 2
     section = (slice(mid, mid + 1),)
-    affs = np.asarray(affs_vol[(slice(0, 3), *section)], dtype=np.float32)
-    if affs_vol.dtype == np.uint8:
-        affs /= 255
+    affs = unit_affinities(affs_vol[(slice(0, 3), *section)])
     raw = np.asarray(open_volume(raw_spec)[section]) if raw_spec else affs.mean(axis=0)
     gt = np.asarray(open_volume(gt_spec)[section]) if gt_spec else None
     seg = np.asarray(open_volume(seg_spec)[section])

@@ -28,6 +28,14 @@ LONG_RANGE_OFFSETS: tuple[Offset, ...] = NEAREST + ((-2, 0, 0), (0, -8, 0), (0, 
 MODEL_DEFAULT: tuple[Offset, ...] = NEAREST + ((-3, 0, 0), (0, -3, 0), (0, 0, -3), (-9, 0, 0), (0, -9, 0), (0, 0, -9))
 
 
+def unit_affinities(affs: np.ndarray) -> np.ndarray:
+    """Affinities as float32 in [0, 1]: uint8 storage (0..255, a compact form of predictions) is divided by 255."""
+    affs = np.asarray(affs)
+    if affs.dtype == np.uint8:
+        return affs.astype(np.float32) / np.float32(255)
+    return affs.astype(np.float32, copy=False)
+
+
 def check_offsets(offsets: Sequence[Sequence[int]], ndim: int = 3, n_channels: int | None = None) -> list[tuple[int, ...]]:
     """Offsets as integer tuples, checked: `ndim` components each, none all zero, one per channel.
 

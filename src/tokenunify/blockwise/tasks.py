@@ -20,15 +20,14 @@ from tokenunify.blockwise.edges import block_edges, keep_top_bins, save_table
 from tokenunify.blockwise.geometry import BlockGrid, Triple
 from tokenunify.errors import InputError
 from tokenunify.io.atomic import atomic_path
+from tokenunify.offsets import unit_affinities
 
 
 def read_affinities(volume: Any, channels: list[int], region: tuple[slice, ...], where: str) -> np.ndarray:
     """Channels `channels` of `region` as float32 in [0, 1] (uint8 affinities are 0..255)."""
-    data = np.stack([np.asarray(volume[(c, *region)]) for c in channels])
-    if data.dtype == np.uint8:
-        return data.astype(np.float32) / np.float32(255)
-    data = data.astype(np.float32, copy=False)
-    if not np.isfinite(data).all():
+    stored = np.stack([np.asarray(volume[(c, *region)]) for c in channels])
+    data = unit_affinities(stored)
+    if stored.dtype != np.uint8 and not np.isfinite(data).all():
         raise InputError(where, f"holds NaN or infinite affinities in the region {_region_text(region)}")
     return data
 

@@ -37,6 +37,8 @@ import numpy as np
 from scipy import ndimage
 from skimage.segmentation import watershed
 
+from tokenunify.offsets import unit_affinities
+
 __all__ = ["boundary_map", "watershed_fragments"]
 
 Mode = Literal["2d", "3d"]
@@ -50,12 +52,9 @@ def _as_affinities(affs: np.ndarray) -> np.ndarray:
             f"affs must have the shape (channels, z, y, x) with at least the 3 "
             f"nearest-neighbour channels, not {affs.shape}"
         )
-    if affs.dtype == np.uint8:
-        # affinities are often stored as uint8 (0..255) to save space
-        return affs[:3].astype(np.float32) / np.float32(255)
-    if not np.issubdtype(affs.dtype, np.floating):
+    if affs.dtype != np.uint8 and not np.issubdtype(affs.dtype, np.floating):
         raise ValueError(f"affs must be floating point in [0, 1] (or uint8), not {affs.dtype}")
-    return affs[:3].astype(np.float32, copy=False)
+    return unit_affinities(affs[:3])
 
 
 def _check_mode(mode: str) -> None:

@@ -14,7 +14,7 @@ import numpy as np
 from tokenunify.errors import InputError
 from tokenunify.io import check_output, open_volume, write_volume
 from tokenunify.io.validate import require_affinities, require_labels
-from tokenunify.offsets import offsets_from_attrs
+from tokenunify.offsets import offsets_from_attrs, unit_affinities
 from tokenunify.postprocess.pipeline import segmentations, sweep_scores
 from tokenunify.postprocess.settings import SegmentSettings
 
@@ -44,9 +44,7 @@ def segment_volume(
         if gt_vol.shape != affs_vol.shape[1:]:
             raise InputError(gt_vol.spec, f"shape {gt_vol.shape} differs from {affs_vol.spec} spatial shape {affs_vol.shape[1:]}")
         gt = gt_vol.read()
-    affs = affs_vol.read()
-    # uint8 affinities (a compact storage of predictions) mean 0..255 for 0..1, as in the blockwise path
-    affs = affs.astype(np.float32) / np.float32(255) if affs.dtype == np.uint8 else affs.astype(np.float32, copy=False)
+    affs = unit_affinities(affs_vol.read())
     if gt is not None:
         chosen = [threshold] if threshold is not None else None
         rows, best, seg = sweep_scores(affs, gt, offsets, settings, chosen, progress)
