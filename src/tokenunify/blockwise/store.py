@@ -8,8 +8,6 @@ rename (an existing output is replaced only at that moment).
 
 from __future__ import annotations
 
-import os
-import shutil
 from pathlib import Path
 from typing import Any
 
@@ -36,18 +34,7 @@ def commit_array(staged: Path, output: VolumeSpec, attrs: dict[str, Any]) -> Non
     """Move the finished array `staged` to `output` (a zarr store and dataset), with `attrs` added."""
     import zarr
 
-    from tokenunify.io.writer import _ensure_zarr_groups
+    from tokenunify.io.writer import move_array_into_store
 
-    array = zarr.open_array(store=str(staged), mode="r+")
-    array.attrs.update(attrs)
-    zarr.open_group(store=str(output.path), mode="a")
-    _ensure_zarr_groups(output.path, output.dataset)
-    target = output.path / output.dataset
-    if target.exists():
-        old = target.with_name(target.name + ".old")
-        shutil.rmtree(old, ignore_errors=True)
-        os.replace(target, old)
-        os.replace(staged, target)
-        shutil.rmtree(old)
-    else:
-        os.replace(staged, target)
+    zarr.open_array(store=str(staged), mode="r+").attrs.update(attrs)
+    move_array_into_store(staged, output)

@@ -148,26 +148,37 @@ def _stage_zarr(spec: VolumeSpec, shape, dtype, chunks, meta) -> Iterator[Any]:
     created_store = not spec.path.exists()
     root = zarr.open_group(store=str(spec.path), mode="a")
     staging = f"{_STAGING_PREFIX}{uuid.uuid4().hex[:8]}"
-    target_dir = spec.path / spec.dataset
     staging_dir = spec.path / staging
     try:
         array = root.create_array(name=staging, shape=shape, dtype=dtype, chunks=chunks, attributes=meta)
         yield array
-        # A local zarr v3 array is a directory; moving it is the atomic commit.
-        target_dir.parent.mkdir(parents=True, exist_ok=True)
-        _ensure_zarr_groups(spec.path, spec.dataset)
-        if target_dir.exists():
-            trash = spec.path / f"{staging}_old"
-            os.replace(target_dir, trash)
-            os.replace(staging_dir, target_dir)
-            shutil.rmtree(trash)
-        else:
-            os.replace(staging_dir, target_dir)
+        move_array_into_store(staging_dir, spec)
     except BaseException:
         shutil.rmtree(staging_dir, ignore_errors=True)
         if created_store:
             shutil.rmtree(spec.path, ignore_errors=True)
         raise
+
+
+def move_array_into_store(staged: Path, spec: VolumeSpec) -> None:
+    """Move the finished zarr array folder `staged` to `spec` (store and dataset), replacing an old one only now.
+
+    A local zarr v3 array is a directory, so the rename is the atomic commit;
+    the store and the dataset's parent groups are created if missing.
+    """
+    import zarr
+
+    zarr.open_group(store=str(spec.path), mode="a")
+    target = spec.path / spec.dataset
+    target.parent.mkdir(parents=True, exist_ok=True)
+    _ensure_zarr_groups(spec.path, spec.dataset)
+    if target.exists():
+        trash = spec.path / f"{_STAGING_PREFIX}{uuid.uuid4().hex[:8]}_old"
+        os.replace(target, trash)
+        os.replace(staged, target)
+        shutil.rmtree(trash)
+    else:
+        os.replace(staged, target)
 
 
 def _ensure_zarr_groups(store: Path, dataset: str) -> None:
