@@ -6,12 +6,8 @@ import numpy as np
 import pytest
 import zarr
 
-from tokenunify.blockwise.runner import BlockFailedError
-from tokenunify.blockwise.segment import (
-    BlockwiseOptions,
-    segment_blockwise,
-    work_dir_for,
-)
+from tokenunify.blockwise.runner import BlockFailedError, work_dir_for
+from tokenunify.blockwise.segment import BlockwiseOptions, segment_blockwise
 from tokenunify.data.synthetic_affinities import NEAREST_OFFSETS, SyntheticAffinities
 from tokenunify.errors import InputError, OutputError
 from tokenunify.evaluate.metrics import evaluate_segmentation

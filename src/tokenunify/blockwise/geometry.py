@@ -96,11 +96,6 @@ class BlockGrid:
         position = tuple(s // b for s, b in zip(start, self.block))
         return int(np.ravel_multi_index(position, self.grid))
 
-    def starts(self) -> list[Triple]:
-        """The first voxel of every block, in index order."""
-        return [tuple(int(p * b) for p, b in zip(pos, self.block))  # type: ignore[misc]
-                for pos in np.ndindex(*self.grid)]
-
     def write_region(self, start: Triple) -> tuple[slice, slice, slice]:
         """Voxel slices of the block's write region, clipped to the volume."""
         return tuple(slice(s, min(s + b, n)) for s, b, n in zip(start, self.block, self.shape))  # type: ignore[return-value]

@@ -25,8 +25,7 @@ from typing import Any
 import numpy as np
 
 from tokenunify.blockwise.geometry import BlockGrid, Triple
-from tokenunify.blockwise.runner import prepare_work_dir, run_task
-from tokenunify.blockwise.segment import work_dir_for
+from tokenunify.blockwise.runner import prepare_work_dir, run_task, work_dir_for
 from tokenunify.blockwise.store import commit_array, create_array
 from tokenunify.blockwise.tasks import run_block
 from tokenunify.errors import InputError
@@ -53,13 +52,13 @@ class PredictStep:
         from tokenunify.runtime import tune_runtime
 
         tune_runtime()
-        loaded = self.load()
+        process = self.serial()
         client = daisy.Client()
         while True:
             with client.acquire_block() as block:
                 if block is None:
                     return
-                run_block(self.grid, block, lambda start: self.process(start, *loaded))
+                process(block)
 
     def load(self) -> tuple[Any, Any, Any, Any]:
         """The model (on its device), the raw volume, the output array and the device of this worker."""
@@ -75,7 +74,8 @@ class PredictStep:
         return model, open_volume(self.raw), zarr.open_array(store=str(self.out), mode="r+"), device
 
     def serial(self) -> _SerialPredict:
-        """A one-argument block function for daisy's serial mode (no server to connect to)."""
+        """A one-argument block function loading the model at its first block: the worker's loop and
+        daisy's serial mode (no server to connect to) both run it."""
         return _SerialPredict(self)
 
     def process(self, start: Triple, model: Any, raw: Any, out: Any, device: Any) -> None:

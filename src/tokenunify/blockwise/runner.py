@@ -20,6 +20,7 @@ from typing import Any
 
 from tokenunify.blockwise.geometry import BlockGrid
 from tokenunify.errors import InputError, OutputError, TokenUnifyError
+from tokenunify.io import VolumeSpec
 from tokenunify.io.atomic import write_text_atomic
 
 FINGERPRINT = "config.json"
@@ -27,6 +28,12 @@ FINGERPRINT = "config.json"
 
 class BlockFailedError(TokenUnifyError):
     """A block kept failing after its retries; names the step, the block and the worker's error."""
+
+
+def work_dir_for(output: VolumeSpec) -> Path:
+    """The work folder of a blockwise run writing `output`: beside its store."""
+    slug = output.dataset.strip("/").replace("/", "_")
+    return output.path.parent / f"{output.path.name}.{slug}.work"
 
 
 def prepare_work_dir(work_dir: Path, fingerprint: dict[str, Any], overwrite: bool) -> Path:

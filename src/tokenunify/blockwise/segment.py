@@ -35,15 +35,15 @@ from tokenunify.blockwise.agglomerate import (
 )
 from tokenunify.blockwise.edges import load_table, merge_tables
 from tokenunify.blockwise.geometry import BlockGrid, Triple
-from tokenunify.blockwise.runner import prepare_work_dir, run_task
+from tokenunify.blockwise.runner import prepare_work_dir, run_task, work_dir_for
 from tokenunify.blockwise.store import commit_array, create_array
 from tokenunify.blockwise.tasks import EdgesStep, FragmentsStep, RelabelStep
 from tokenunify.errors import InputError
 from tokenunify.evaluate.metrics import scores_from_table, table_from_pairs
 from tokenunify.evaluate.sweep import best_row
-from tokenunify.io import VolumeSpec, check_output, open_volume
+from tokenunify.io import check_output, open_volume
 from tokenunify.io.atomic import atomic_path
-from tokenunify.io.validate import require_label_dtype, require_ndim, require_not_empty
+from tokenunify.io.validate import require_labels, require_ndim, require_not_empty
 from tokenunify.offsets import nearest_index, offsets_from_attrs
 from tokenunify.postprocess.settings import SegmentSettings
 
@@ -63,12 +63,6 @@ class BlockwiseOptions:
     multiprocessing: bool = True
 
 
-def work_dir_for(output: VolumeSpec) -> Path:
-    """The work folder of a blockwise run writing `output`: beside its store."""
-    slug = output.dataset.strip("/").replace("/", "_")
-    return output.path.parent / f"{output.path.name}.{slug}.work"
-
-
 def _grid(affs: Any, options: BlockwiseOptions) -> BlockGrid:
     shape = tuple(int(s) for s in affs.shape[1:])
     block = tuple(int(min(b, s)) for b, s in zip(options.block, shape)) if options.block else shape
@@ -78,9 +72,7 @@ def _grid(affs: Any, options: BlockwiseOptions) -> BlockGrid:
 
 
 def _check_gt(gt: Any, affs: Any) -> None:
-    require_ndim(gt, 3, "ground truth")
-    require_not_empty(gt)
-    require_label_dtype(gt)
+    require_labels(gt)
     if tuple(gt.shape) != tuple(affs.shape[1:]):
         raise InputError(gt.spec, f"shape {gt.shape} differs from {affs.spec} spatial shape {affs.shape[1:]}")
     if gt.voxel_size_known and affs.voxel_size_known and tuple(gt.voxel_size) != tuple(affs.voxel_size):
@@ -145,6 +137,7 @@ def segment_blockwise(
         raise InputError("segment.jitter_repeats", "jittered repeats are not done blockwise; set it to 1 "
                          "(or segment the volume in memory, without --blockwise)")
     affs = open_volume(affs_spec)
+    # not require_affinities: its NaN scan reads the whole volume; each block checks its own region
     require_ndim(affs, 4, "affinities")
     require_not_empty(affs)
     offsets = offsets_from_attrs(affs.attrs, affs.shape[0], affs_spec)
