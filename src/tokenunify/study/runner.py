@@ -79,8 +79,12 @@ def _finetune_result(summary: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def run_stage(root: Path, stage: Stage, progress: bool, device: str = "auto") -> dict[str, Any]:
-    """Run (or resume) one stage on `device` and write its result.json atomically."""
+def run_stage(root: Path, stage: Stage, progress: bool, device: str = "auto",
+              cache: Path | None = None) -> dict[str, Any]:
+    """Run (or resume) one stage on `device` and write its result.json atomically.
+
+    A finished pretraining stage is also copied into `cache` (when given).
+    """
     folder = RunFolder(root / stage.key)
     resume = folder.last.exists()
     started = time.monotonic()
@@ -100,6 +104,8 @@ def run_stage(root: Path, stage: Stage, progress: bool, device: str = "auto") ->
         # what pretraining cost when it ran; a study that reuses it from the cache reports this figure
         result["pretrain_minutes"] = result["minutes_this_call"]
     write_text_atomic(folder.root / RESULT, json.dumps(result, indent=1, default=float))
+    if cache is not None and stage.kind == "pretrain":
+        store(cache, _cache_key(stage), folder.root)
     return result
 
 
@@ -128,11 +134,6 @@ def _from_cache(root: Path, stage: Stage, cache: Path | None, log: Callable[[str
     return result
 
 
-def _to_cache(root: Path, stage: Stage, result: dict[str, Any], cache: Path | None) -> None:
-    if cache is not None and stage.kind == "pretrain" and "cached_from" not in result:
-        store(cache, _cache_key(stage), root / stage.key)
-
-
 def run_study(root: Path, stages: list[Stage], progress: bool = True,
               log: Callable[[str], None] = tqdm.write, workers: int = 1, device: str = "auto",
               cache: Path | None = None) -> list[dict[str, Any]]:
@@ -149,17 +150,13 @@ def run_study(root: Path, stages: list[Stage], progress: bool = True,
             results[stage.key] = cached
             pending.remove(stage)
     if workers > 1:
-        _run_parallel(root, stages, results, pending, workers, log, device)
-        for stage in stages:
-            if stage.key in results:
-                _to_cache(root, stage, results[stage.key], cache)
+        _run_parallel(root, stages, results, pending, workers, log, device, cache)
         return [results[s.key] for s in stages]
     for stage in pending:
         if stage.needs is not None and stage.needs not in results:
             raise RuntimeError(f"{stage.key} needs {stage.needs}, which has not finished")
         log(f"{_label(stages, stage)}: running")
-        results[stage.key] = run_stage(root, stage, progress, device)
-        _to_cache(root, stage, results[stage.key], cache)
+        results[stage.key] = run_stage(root, stage, progress, device, cache)
     return [results[s.key] for s in stages]
 
 
@@ -191,7 +188,7 @@ class StageFailed(RuntimeError):
 
 
 def _run_parallel(root: Path, stages: list[Stage], results: dict[str, dict[str, Any]], pending: list[Stage],
-                  workers: int, log: Callable[[str], None], device: str = "auto") -> None:
+                  workers: int, log: Callable[[str], None], device: str = "auto", cache: Path | None = None) -> None:
     """Run `pending` in worker processes, adding each result to `results` as it finishes."""
     threads = max(1, torch.get_num_threads() // workers)
     running: dict[Future[dict[str, Any]], Stage] = {}
@@ -205,7 +202,7 @@ def _run_parallel(root: Path, stages: list[Stage], results: dict[str, dict[str, 
             for stage in ready[: workers - len(running)] if not failures else []:
                 pending.remove(stage)
                 log(f"{_label(stages, stage)}: running ({threads} thread(s) in a worker)")
-                running[pool.submit(run_stage, root, stage, False, device)] = stage
+                running[pool.submit(run_stage, root, stage, False, device, cache)] = stage
             if not running:
                 break
             finished, _ = wait(running, return_when=FIRST_COMPLETED)
