@@ -9,7 +9,10 @@ Runs the CLI, as a user would, on `fib_medulla_labeled_z0-160.h5` z 120-159
 - blockwise: `predict --blockwise --workers N`, then
   `segment --blockwise --workers N --gt`, both resumable daisy runs;
 - a mixed row: whole-volume affinities segmented blockwise, which isolates
-  what the blockwise post-processing changes.
+  what the blockwise post-processing changes;
+- the whole-volume result's own noise: its best VOI when its affinities get
+  uniform noise of +-0.001 (`--jitter-draws` copies, the jitter of
+  `segment.jitter_repeats`), the spread any blockwise difference is read against.
 
 Each segmentation is scored against the ground truth with the threshold
 chosen by the sweep on that same part (as in docs/pipeline_results.md), and
@@ -48,6 +51,7 @@ def main() -> None:
     parser.add_argument("--region", type=int, nargs=3, default=[32, 128, 128], help="predict: daisy write region")
     parser.add_argument("--context", type=int, nargs=3, default=None, help="predict: context around each region")
     parser.add_argument("--block", type=int, nargs=3, default=[20, 128, 128], help="segment: daisy block")
+    parser.add_argument("--jitter-draws", type=int, default=5)
     parser.add_argument("--out", type=Path, default=Path("runs/fib_blockwise"))
     args = parser.parse_args()
     data = Path(os.environ.get("TOKENUNIFY_DATA", "../shared/data")) / "fib_medulla_labeled_z0-160.h5"
@@ -93,6 +97,19 @@ def main() -> None:
     print(f"\nnearest affinities, blockwise vs whole: max |diff| {diff.max():.4f}, mean {diff.mean():.5f}, "
           f"voxels off by > 0.1: {(diff > 0.1).mean():.4%}")
     print("wall time per command (s): " + ", ".join(f"{k} {v:.1f}" for k, v in seconds.items()))
+    if args.jitter_draws:
+        from tokenunify.config import from_dict, load_yaml
+        from tokenunify.postprocess.pipeline import jittered, sweep_scores
+        from tokenunify.postprocess.settings import SegmentSettings
+
+        settings = from_dict(SegmentSettings, load_yaml(args.config).get("segment") or {}, str(args.config))
+        offsets = open_volume(f"{store}:affs_whole").attrs["offsets"]
+        best = [sweep_scores(jittered(a, draw, 1e-3), labels, offsets, settings, None, False)[1]
+                for draw in range(1, args.jitter_draws + 1)]
+        vois = [b["voi"] for b in best]
+        print(f"whole-volume best VOI under +-0.001 noise ({len(vois)} draws): {min(vois):.3f} to {max(vois):.3f} "
+              f"(thresholds {sorted({b['threshold'] for b in best})}); without noise "
+              f"{evaluate_segmentation(segs['whole'], labels)['voi']:.3f}")
 
 
 if __name__ == "__main__":
