@@ -59,12 +59,13 @@ def best_row(rows: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
 
 
 def _columns(rows: Sequence[Mapping[str, Any]]) -> list[str]:
-    present = set().union(*(row.keys() for row in rows))
+    # per-slab scores of a cross-fitted sweep are nested lists: no table column
+    present = {k for row in rows for k, v in row.items() if not isinstance(v, (list, dict))}
     columns = [key for key in _PREFERRED if key in present]
     seen = set(columns)
     for row in rows:
         for key in row:
-            if key not in seen:
+            if key in present and key not in seen:
                 columns.append(key)
                 seen.add(key)
     return columns

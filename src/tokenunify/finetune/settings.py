@@ -26,6 +26,10 @@ class DataSettings:
     val_raw: str | None = None
     val_labels: str | None = None
     val_z: tuple[int, int] | None = None
+    # A second labelled volume no run trains or validates on, scored once
+    # after training at the threshold chosen on the validation part.
+    test_raw: str | None = None
+    test_labels: str | None = None
 
 
 @dataclass

@@ -26,6 +26,7 @@ from tokenunify.finetune.affinities import (
     affinity_mask,
     balance_weights,
 )
+from tokenunify.finetune.holdout import open_holdout, score_holdout
 from tokenunify.finetune.init import format_init_report, load_pretrained
 from tokenunify.finetune.settings import TrainSettings
 from tokenunify.io import open_volume
@@ -154,6 +155,7 @@ def train(settings: TrainSettings, resume: bool = False, overwrite: bool = False
     run = RunFolder(Path(settings.out_dir))
     run.check(resume, overwrite)
     data = open_training_data(settings, required_input_shape(tuple(loop.crop), settings.augment))
+    holdout = open_holdout(settings)  # checked before training, scored after it
     spec = model_spec(settings)
     reports: list[dict[str, Any]] = []
 
@@ -196,11 +198,16 @@ def train(settings: TrainSettings, resume: bool = False, overwrite: bool = False
     result = run_training(settings, loop, spec, build, task, settings.out_dir, dev,
                           resume=resume, overwrite=overwrite, progress=progress)
     history, evals = result.history, result.eval_history
+    test = None
+    if holdout is not None and evals:
+        test = score_holdout(result.model, *holdout, settings, float(evals[-1]["threshold"]))
+        tqdm.write(f"held-out {test['volume']}: VOI {test['voi']:.3f}, ARAND {test['arand']:.3f} "
+                   f"at the validation's threshold {test['threshold']}")
     return {
         "out_dir": str(run.root), "steps": result.steps, "parameters": count_parameters(result.model),
         "final_loss": float(np.mean([h["loss"] for h in history[-20:]])) if history else None,
         "best_val": min(evals, key=lambda v: v["voi"]) if evals else None,
         "minutes": result.minutes, "init": reports[-1] if reports else None,
         "skipped_steps": result.skipped_steps, "world_size": result.world_size, "device": str(dev),
-        "checkpoint": str(result.checkpoint),
+        "checkpoint": str(result.checkpoint), "test": test,
     }

@@ -12,6 +12,7 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
+from tokenunify.evaluate.cross_fit import CROSS_FIT_METRICS, cross_fit, part_slices
 from tokenunify.evaluate.metrics import evaluate_segmentation
 from tokenunify.evaluate.sweep import best_row, row_rank
 from tokenunify.offsets import Offset, nearest_channels
@@ -54,9 +55,15 @@ def _sweep_once(
     rows: list[dict[str, Any]] = []
     best_seg: np.ndarray | None = None
     best_rank = None
+    slabs = part_slices(gt.shape[0], settings.cross_fit_parts) if settings.cross_fit_parts > 1 else []
     for threshold, seg in tqdm(segmentations(affs, offsets, settings, chosen), total=total,
                                desc="agglomerate", unit="threshold", disable=not progress):
         rows.append({"threshold": float(threshold), **evaluate_segmentation(seg, gt)})
+        if slabs:
+            # the slab is cut from the whole volume's segmentation: cross-fitting
+            # moves the threshold choice, not the agglomeration
+            rows[-1]["parts"] = [{k: v for k, v in evaluate_segmentation(seg[sl], gt[sl]).items()
+                                  if k in CROSS_FIT_METRICS} for sl in slabs]
         if best_rank is None or row_rank(rows[-1]) < best_rank:
             best_rank, best_seg = row_rank(rows[-1]), seg
     assert best_seg is not None, "the sweep produced no segmentation"
@@ -88,11 +95,14 @@ def sweep_scores(
     over the affinities and R-1 jittered copies (plus `voi_std`,
     `arand_std` and `draws`), the best row is chosen on those means, and the
     segmentation returned is that of the unjittered affinities at its threshold.
+    With `settings.cross_fit_parts` P > 1 every row also holds its scores on
+    P z-slabs (`parts`), and the best row gains `cross_fit` (see
+    `tokenunify.evaluate.cross_fit`).
     """
     chosen = list(thresholds if thresholds is not None else settings.thresholds)
     rows, best_seg = _sweep_once(affs, gt, offsets, settings, chosen, progress)
     if settings.jitter_repeats == 1:
-        return rows, best_row(rows), best_seg
+        return rows, _with_cross_fit(best_row(rows), rows), best_seg
     draws = [rows] + [_sweep_once(jittered(affs, d, settings.jitter), gt, offsets, settings, chosen, False)[0]
                       for d in range(1, settings.jitter_repeats)]
     mean_rows = []
@@ -103,9 +113,20 @@ def sweep_scores(
             mean[key] = float(values.mean())
             if key in ("voi", "arand"):
                 mean[f"{key}_std"] = float(values.std(ddof=1))
+        if "parts" in row:
+            mean["parts"] = [{k: float(np.mean([draw[i]["parts"][j][k] for draw in draws])) for k in part}
+                             for j, part in enumerate(row["parts"])]
         mean["draws"] = len(draws)
         mean_rows.append(mean)
     best = best_row(mean_rows)
     if best["threshold"] != best_row(rows)["threshold"]:
         best_seg = next(seg for _, seg in segmentations(affs, offsets, settings, [best["threshold"]]))
-    return mean_rows, best, best_seg
+    return mean_rows, _with_cross_fit(best, mean_rows), best_seg
+
+
+def _with_cross_fit(best: dict[str, Any], rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """The best (oracle) row without its per-part scores, plus the cross-fitted score when the rows have parts."""
+    best = {k: v for k, v in best.items() if k != "parts"}
+    if rows and "parts" in rows[0]:
+        best["cross_fit"] = cross_fit(rows)
+    return best

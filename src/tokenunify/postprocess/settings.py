@@ -30,9 +30,17 @@ class SegmentSettings:
     # by +-jitter (fixed seeds), and the mean over the R copies is reported.
     jitter_repeats: int = 1
     jitter: float = 1e-3
+    # Cross-fitting: with P > 1 the scored volume is cut into P slabs along
+    # z, every threshold is also scored on each slab, and each slab is then
+    # scored at the threshold that is best on the other slabs (`cross_fit`),
+    # so the reported figure comes from a threshold chosen on data it does
+    # not score. The best-of-sweep row stays beside it as the oracle.
+    cross_fit_parts: int = 1
 
     def __post_init__(self) -> None:
         if self.jitter_repeats < 1:
             raise ValueError(f"segment.jitter_repeats must be >= 1, got {self.jitter_repeats}")
         if not 0.0 <= self.jitter < 0.5:
             raise ValueError(f"segment.jitter must lie in [0, 0.5), got {self.jitter}")
+        if self.cross_fit_parts < 1:
+            raise ValueError(f"segment.cross_fit_parts must be >= 1, got {self.cross_fit_parts}")

@@ -74,10 +74,11 @@ def _pretrain_settings(study: StudySettings, arm: ArmSettings, preset: str, seed
     return s
 
 
-def _finetune_settings(study: StudySettings, arm: str, preset: str, budget: str, seed: int,
+def _finetune_settings(study: StudySettings, arm: ArmSettings, preset: str, budget: str, seed: int,
                        init: Path | None, root: Path, validate_every: int) -> TrainSettings:
     s = copy.deepcopy(study.finetune)
-    s.model.name = "tokenunify"
+    s.model.name = arm.network
+    s.train.steps = arm.finetune_steps or s.train.steps
     s.model.preset = preset
     s.model.mixer = study.pretrain.model.mixer
     s.model.anisotropic = study.pretrain.model.anisotropic
@@ -86,7 +87,7 @@ def _finetune_settings(study: StudySettings, arm: str, preset: str, budget: str,
     s.train.val_every = validate_every
     s.init = None if init is None else str(init)
     s.init_allow_mismatch = False
-    s.out_dir = str(root / finetune_key(arm, preset, budget, seed))
+    s.out_dir = str(root / finetune_key(arm.name, preset, budget, seed))
     return s
 
 
@@ -119,9 +120,9 @@ def plan_study(study: StudySettings) -> list[Stage]:
             pseed = seed if study.pretrain_per_seed else (study.seeds[0] if part == "main" else study.scaling.seeds[0])
             needs = pretrained[(arm.name, preset, pseed)]
         init = None if needs is None else root / needs / "checkpoints" / "last.pt"
-        steps = study.finetune.train.steps
+        steps = arm.finetune_steps or study.finetune.train.steps
         every = study.curve.every if (arm.name in study.curve.arms and part == "main") else steps
-        settings = _finetune_settings(study, arm.name, preset, budget, seed, init, root, every)
+        settings = _finetune_settings(study, arm, preset, budget, seed, init, root, every)
         stages.append(Stage(finetune_key(arm.name, preset, budget, seed), "finetune", arm.name, preset, seed,
                             settings, budget=budget, needs=needs, part=part))
 

@@ -22,6 +22,12 @@ import yaml
 from tokenunify.io.atomic import write_text_atomic
 from tokenunify.report.plots import save_figure
 from tokenunify.study import aggregate as agg
+from tokenunify.study.report_sections import (
+    main_table,
+    protocol_note,
+    steps_to_match_lines,
+    test_volume_note,
+)
 from tokenunify.study.settings import StudySettings
 
 FIGURES = {"voi": "study_voi.png", "curve": "study_curve.png", "scaling": "study_scaling.png"}
@@ -49,26 +55,23 @@ def plot_voi(summary: Sequence[dict[str, Any]], path: Path, floor: dict[str, flo
     save_figure(fig, path)
 
 
-def plot_curves(curves: dict[str, list[dict[str, Any]]], path: Path) -> None:
-    """VOI against fine-tuning steps: colour per arm, line style per budget; thin lines per seed, thick mean."""
-    groups: dict[tuple[str, str], list[list[dict[str, Any]]]] = {}
-    for label, points in sorted(curves.items()):
-        arm, budget, _ = label.split("/")
-        groups.setdefault((arm, budget), []).append(points)
-    arms = list(dict.fromkeys(arm for arm, _ in groups))
+def plot_curves(bands: Sequence[dict[str, Any]], path: Path) -> None:
+    """VOI against fine-tuning steps: colour per arm, line style per budget; mean over seeds with its 95% band."""
+    arms = list(dict.fromkeys(b["arm"] for b in bands))
+    budgets = list(dict.fromkeys(b["budget"] for b in bands))
     styles = ["-", "--", ":", "-."]
-    budgets = list(dict.fromkeys(budget for _, budget in groups))
     fig, ax = plt.subplots(figsize=(6.5, 4))
-    for (arm, budget), runs in groups.items():
-        colour, style = f"C{arms.index(arm)}", styles[budgets.index(budget) % len(styles)]
-        for points in runs:
-            ax.plot([p["step"] for p in points], [p["voi"] for p in points], color=colour, ls=style, lw=0.8, alpha=0.35)
-        steps = sorted(set.intersection(*({p["step"] for p in points} for points in runs)))
-        mean = [np.mean([next(p["voi"] for p in points if p["step"] == s) for points in runs]) for s in steps]
-        ax.plot(steps, mean, color=colour, ls=style, lw=2, marker="o", ms=4,
-                label=f"{arm}, {budget} (mean of {len(runs)})")
+    for band in bands:
+        colour, style = f"C{arms.index(band['arm'])}", styles[budgets.index(band["budget"]) % len(styles)]
+        ax.plot(band["steps"], band["mean"], color=colour, ls=style, lw=2, marker="o", ms=4,
+                label=f"{band['arm']}, {band['budget']} (mean of {band['seeds']})")
+        if all(ci is not None for ci in band["ci95"]):
+            ax.fill_between(band["steps"], [ci[0] for ci in band["ci95"]], [ci[1] for ci in band["ci95"]],
+                            color=colour, alpha=0.15, lw=0)
+    metric = "cross-fitted" if bands and all(b["metric"] == "cf_voi" for b in bands) else "oracle-threshold"
     ax.set_xlabel("fine-tuning step")
-    ax.set_ylabel("validation VOI (lower is better)")
+    ax.set_ylabel(f"validation VOI, {metric} (lower is better)")
+    ax.set_title("mean over seeds, shaded: bootstrap 95% interval", fontsize=9)
     ax.legend(fontsize=7)
     save_figure(fig, path)
 
@@ -102,10 +105,6 @@ def scaling_points(rows: Sequence[dict[str, Any]], study: StudySettings) -> list
                 points.append({"arm": arm, "preset": preset, "parameters": picked[0]["parameters"],
                                "voi_mean": mean, "voi_std": std, "seeds": len(picked)})
     return points
-
-
-def _pm(entry: dict[str, Any], metric: str) -> str:
-    return f"{entry[f'{metric}_mean']:.3f} ± {entry[f'{metric}_std']:.3f}"
 
 
 def _pct(value: float | None) -> str:
@@ -172,13 +171,9 @@ def markdown(report: dict[str, Any]) -> str:
               f"Config: `{meta['config_path']}` (resolved copy: `{meta['resolved_config']}`).", "",
               "Every arm fine-tunes the same network and preset for the same number of steps; every pretrained arm "
               f"saw the same number of tokens ({', '.join(f'{k}: {v:,}' for k, v in report['tokens_seen'].items()) or 'none'}). "
-              "The segmentation threshold is chosen on the validation part (z 120-159), as the issue asks, "
-              "which flatters every arm equally.", "", *_evaluation_note(report),
-              "| label budget | arm | seeds | VOI split | VOI merge | VOI | ARAND | VOI vs scratch | VOI vs MAE |",
-              "|---|---|---:|---:|---:|---:|---:|---:|---:|"]
-    for e in report["summary"]:
-        lines.append(f"| {e['budget']} | {e['arm']} | {e['seeds']} | {_pm(e, 'voi_split')} | {_pm(e, 'voi_merge')} | "
-                     f"{_pm(e, 'voi')} | {_pm(e, 'arand')} | {_pct(e['voi_vs_scratch_pct'])} | {_pct(e['voi_vs_mae_pct'])} |")
+              f"Fine-tuning: {report['meta']['config']['finetune']['train']['steps']} steps per TokenUnify-network run "
+              "(an arm with its own `finetune_steps` says so in the config below).", "",
+              *protocol_note(report), *test_volume_note(report), *_evaluation_note(report), *main_table(report)]
     lines += ["", f"![VOI and ARAND per arm]({FIGURES['voi']})", "", *_paired_lines(report),
               *_pretraining_lines(report), "## Target", ""]
     for c in report["target"]:
@@ -186,11 +181,16 @@ def markdown(report: dict[str, Any]) -> str:
         for ref in ("scratch", "mae"):
             if ref in c:
                 r = c[ref]
-                spread = "n/a (one seed)" if r["beyond_spread"] is None else ("yes" if r["beyond_spread"] else "no")
                 side = "below" if r["reduction_pct"] >= 0 else "above"
-                parts.append(f"{abs(r['reduction_pct']):.1f}% {side} {ref} (>= 20% below: {'yes' if r['meets_20pct'] else 'no'}; "
-                             f"gap {r['gap']:.3f} beyond seed spread {r['seed_spread']:.3f}: {spread})")
-        lines.append(f"- **{c['budget']}**: TokenUnify VOI is " + "; ".join(parts)
+                if r.get("paired_ci95") is not None:
+                    lo, hi = r["paired_ci95"]
+                    chance = f"paired 95% interval [{lo:+.3f}, {hi:+.3f}] below 0: {'yes' if r['paired_below_zero'] else 'no'}"
+                else:
+                    spread = "n/a (one seed)" if r["beyond_spread"] is None else ("yes" if r["beyond_spread"] else "no")
+                    chance = f"gap {r['gap']:.3f} beyond seed spread {r['seed_spread']:.3f}: {spread}"
+                parts.append(f"{abs(r['reduction_pct']):.1f}% {side} {ref} (>= {r['target_pct']:.0f}% below: "
+                             f"{'yes' if r['meets_target'] else 'no'}; {chance})")
+        lines.append(f"- **{c['budget']}** ({c['metric']}): TokenUnify VOI is " + "; ".join(parts)
                      + f". Target {'**holds**' if c['holds'] else '**does not hold**'}.")
     floor = report["floor"]
     lines += ["", f"Intensity-only floor (VOI {floor['voi']}, ARAND {floor['arand']}): "
@@ -199,20 +199,25 @@ def markdown(report: dict[str, Any]) -> str:
                  + ", ".join(f"{r['arm']}/{r['preset']}/{r['budget']}/s{r['seed']} (VOI {r['voi']:.3f}, ARAND {r['arand']:.3f})"
                              for r in floor["failures"])), ""]
     if report["curves"]:
-        lines += ["## VOI against fine-tuning steps", "", f"![VOI against steps]({FIGURES['curve']})", ""]
+        lines += ["## VOI against fine-tuning steps", "", f"![VOI against steps]({FIGURES['curve']})", "",
+                  *steps_to_match_lines(report)]
     if len({p["preset"] for p in report["scaling"]}) > 1:
         lines += ["## Scaling", "", "| arm | preset | parameters | VOI |", "|---|---|---:|---:|"]
         lines += [f"| {p['arm']} | {p['preset']} | {p['parameters']:,} | {p['voi_mean']:.3f} ± {p['voi_std']:.3f} |"
                   for p in report["scaling"]]
         lines += ["", f"![VOI against model size]({FIGURES['scaling']})", ""]
-    lines += ["## Every run", "", "| arm | preset | budget | seed | steps | threshold | VOI split | VOI merge | VOI | "
-              "VOI eval std | ARAND | pretrained tensors loaded |",
-              "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    lines += ["## Every run", "", "Oracle threshold columns, then the cross-fitted and held-out scores (– where not "
+              "measured).", "", "| arm | preset | budget | seed | steps | minutes | threshold | VOI split | VOI merge | "
+              "VOI | VOI eval std | ARAND | VOI cross-fit | ARAND cross-fit | VOI held-out | ARAND held-out | "
+              "pretrained tensors loaded |", "|---|---|---|---:|" + "---:|" * 13]
+    num = lambda v: "–" if v is None else f"{v:.3f}"
     for r in report["runs"]:
         loaded = "–" if r["init_loaded"] is None else str(r["init_loaded"])
-        spread = "–" if r.get("eval_voi_std") is None else f"{r['eval_voi_std']:.3f}"
-        lines.append(f"| {r['arm']} | {r['preset']} | {r['budget']} | {r['seed']} | {r['steps']} | {r['threshold']} | "
-                     f"{r['voi_split']:.3f} | {r['voi_merge']:.3f} | {r['voi']:.3f} | {spread} | {r['arand']:.3f} | {loaded} |")
+        minutes = "–" if r.get("minutes") is None else f"{r['minutes']:.1f}"
+        lines.append(f"| {r['arm']} | {r['preset']} | {r['budget']} | {r['seed']} | {r['steps']} | {minutes} | "
+                     f"{r['threshold']} | {r['voi_split']:.3f} | {r['voi_merge']:.3f} | {r['voi']:.3f} | "
+                     f"{num(r.get('eval_voi_std'))} | {r['arand']:.3f} | {num(r.get('cf_voi'))} | "
+                     f"{num(r.get('cf_arand'))} | {num(r.get('test_voi'))} | {num(r.get('test_arand'))} | {loaded} |")
     lines += ["", "## Config", "", "The whole resolved config (after `--quick` and command-line overrides):", "",
               "```yaml", yaml.safe_dump(meta["config"], sort_keys=False).rstrip(), "```"]
     return "\n".join(lines) + "\n"
@@ -226,9 +231,12 @@ def write_report(study: StudySettings, results: Sequence[dict[str, Any]], meta: 
     summary = agg.summarize(rows, arms, [b.name for b in study.budgets], study.pretrain.model.preset)
     curves = {f"{r['arm']}/{r['budget']}/s{r['seed']}": r["curve"] for r in results
               if r["kind"] == "finetune" and r["part"] == "main" and r["arm"] in study.curve.arms}
+    paired = agg.paired_differences(rows, arms, [b.name for b in study.budgets], study.pretrain.model.preset,
+                                    metric=agg.headline(rows))
+    bands = agg.curve_bands(curves)
     report = {
-        "meta": meta, "runs": rows, "summary": summary, "target": agg.target_check(summary),
-        "paired": agg.paired_differences(rows, arms, [b.name for b in study.budgets], study.pretrain.model.preset),
+        "meta": meta, "runs": rows, "summary": summary, "target": agg.target_check(summary, paired),
+        "paired": paired, "curve_bands": bands, "steps_to_match": agg.steps_to_match(bands),
         "floor": {"voi": study.floor.voi, "arand": study.floor.arand, "failures": agg.floor_check(rows, study.floor)},
         "curves": curves, "scaling": scaling_points(rows, study),
         "tokens_seen": {r["key"]: r["tokens_seen"] for r in results if r["kind"] == "pretrain"},
@@ -240,8 +248,8 @@ def write_report(study: StudySettings, results: Sequence[dict[str, Any]], meta: 
     write_text_atomic(out / "results.json", json.dumps(report, indent=1, default=float))
     if summary:
         plot_voi(summary, out / FIGURES["voi"], {"voi": study.floor.voi, "arand": study.floor.arand})
-    if curves:
-        plot_curves(curves, out / FIGURES["curve"])
+    if bands:
+        plot_curves(bands, out / FIGURES["curve"])
     if len({p["preset"] for p in report["scaling"]}) > 1:
         plot_scaling(report["scaling"], out / FIGURES["scaling"])
     write_text_atomic(out / "results.md", markdown(report))

@@ -71,8 +71,12 @@ def _finetune_result(summary: dict[str, Any]) -> dict[str, Any]:
     return {
         # the spread over jittered copies exists only when the sweep used them
         "final": {**{k: final[k] for k in ("step", "threshold", "voi_split", "voi_merge", "voi", "arand", "n_seg_ids")},
-                  **{k: final[k] for k in ("voi_std", "arand_std", "draws") if k in final}},
-        "curve": [{k: v[k] for k in ("step", "voi", "arand", "threshold")} for v in history],
+                  **{k: final[k] for k in ("voi_std", "arand_std", "draws", "cross_fit") if k in final}},
+        # the curve's cross-fitted figures exist only when the validation cross-fits
+        "curve": [{**{k: v[k] for k in ("step", "voi", "arand", "threshold")},
+                   **({"cf_voi": v["cross_fit"]["voi"], "cf_arand": v["cross_fit"]["arand"]} if "cross_fit" in v else {})}
+                  for v in history],
+        "test": summary.get("test"),
         "init_loaded": None if init is None else len(init["loaded"]),
         "init_fresh": None if init is None else init["fresh"],
         "skipped_steps": summary["skipped_steps"],

@@ -9,6 +9,7 @@ and keeps everything else identical across arms.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Literal
 
 from tokenunify.finetune.settings import TrainSettings
 from tokenunify.pretrain.schedule import ScheduleSettings
@@ -19,10 +20,24 @@ SCRATCH = "scratch"
 
 @dataclass
 class ArmSettings:
-    """One arm: a name and its pretraining schedule (none: trained from scratch)."""
+    """One arm: a name, its pretraining schedule (none: trained from scratch) and its network.
+
+    `network: unet` is the field's baseline, the project's U-Net trained from
+    scratch (no schedule allowed); `finetune_steps` replaces the study's
+    fine-tuning steps for this arm, so that a network with a cheaper step can
+    be given the same wall-clock minutes as the others (docs/study.md).
+    """
 
     name: str = ""
     schedule: ScheduleSettings | None = None
+    network: Literal["tokenunify", "unet"] = "tokenunify"
+    finetune_steps: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.network == "unet" and self.schedule is not None:
+            raise ValueError(f"arm {self.name!r}: a unet arm trains from scratch; it takes no pretraining schedule")
+        if self.finetune_steps is not None and self.finetune_steps < 1:
+            raise ValueError(f"arm {self.name!r}: finetune_steps must be >= 1, got {self.finetune_steps}")
 
     @property
     def pretrained(self) -> bool:
@@ -107,6 +122,9 @@ class StudySettings:
             unknown = sorted(set(listed) - set(names))
             if unknown:
                 raise ValueError(f"{where} names unknown arm(s) {', '.join(unknown)}; arms: {', '.join(names)}")
+        unets = sorted(set(self.scaling.arms) & {a.name for a in self.arms if a.network == "unet"})
+        if self.scaling.presets and unets:
+            raise ValueError(f"scaling.arms names unet arm(s) {', '.join(unets)}; scaling varies TokenUnify presets")
         if self.scaling.presets and self.scaling.budget not in budgets:
             raise ValueError(f"scaling.budget {self.scaling.budget!r} is not one of the budgets {budgets}")
         if self.workers < 1:

@@ -1,0 +1,88 @@
+"""Markdown sections of the study report that compare arms: the main table, curves, steps-to-match.
+
+Each function takes the report dict that `tokenunify.study.report` builds
+and returns lines of Markdown (empty when the section has nothing to show).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+__all__ = ["main_table", "steps_to_match_lines", "test_volume_note"]
+
+
+def _pm(entry: dict[str, Any], metric: str) -> str:
+    if f"{metric}_mean" not in entry:
+        return "–"
+    return f"{entry[f'{metric}_mean']:.3f} ± {entry[f'{metric}_std']:.3f}"
+
+
+def _pct(value: float | None) -> str:
+    return "–" if value is None else f"{value:+.1f}%"
+
+
+def main_table(report: dict[str, Any]) -> list[str]:
+    """Mean ± std over seeds per budget and arm: headline score, oracle score, held-out volume, minutes."""
+    summary = report["summary"]
+    cross_fitted = any(e.get("headline") == "cf_voi" for e in summary)
+    held_out = any("test_voi_mean" in e for e in summary)
+    head = ["label budget", "arm", "seeds"]
+    if cross_fitted:
+        head += ["VOI split (cross-fit)", "VOI merge (cross-fit)", "**VOI (cross-fit)**", "**ARAND (cross-fit)**",
+                 "VOI (oracle)", "ARAND (oracle)"]
+    else:
+        head += ["VOI split", "VOI merge", "VOI", "ARAND"]
+    if held_out:
+        head += ["held-out VOI", "held-out ARAND"]
+    head += ["VOI vs scratch", "VOI vs MAE", "fine-tune min/run"]
+    lines = ["| " + " | ".join(head) + " |", "|---|---|" + "---:|" * (len(head) - 2)]
+    for e in summary:
+        cells = [e["budget"], e["arm"], str(e["seeds"])]
+        if cross_fitted:
+            cells += [_pm(e, m) for m in ("cf_voi_split", "cf_voi_merge", "cf_voi", "cf_arand", "voi", "arand")]
+        else:
+            cells += [_pm(e, m) for m in ("voi_split", "voi_merge", "voi", "arand")]
+        if held_out:
+            cells += [_pm(e, "test_voi"), _pm(e, "test_arand")]
+        minutes = e.get("finetune_minutes_mean")
+        cells += [_pct(e["voi_vs_scratch_pct"]), _pct(e["voi_vs_mae_pct"]),
+                  "–" if minutes is None else f"{minutes:.1f}"]
+        lines.append("| " + " | ".join(cells) + " |")
+    return lines
+
+
+def protocol_note(report: dict[str, Any]) -> list[str]:
+    """How the threshold of each figure was chosen."""
+    summary = report["summary"]
+    if any(e.get("headline") == "cf_voi" for e in summary):
+        return ["Thresholds: the **cross-fit** columns score each half of the validation part (z 120-139, "
+                "z 140-159) at the threshold that is best on the other half and average the two halves; no "
+                "figure there comes from a threshold chosen on the data it scores. Arms are compared on it. "
+                "The **oracle** columns take the best threshold of the sweep on the whole validation part, "
+                "which flatters every arm; they stay for comparison with earlier studies.", ""]
+    return ["Thresholds: the best of the sweep on the validation part (an oracle choice, which flatters every arm).", ""]
+
+
+def test_volume_note(report: dict[str, Any]) -> list[str]:
+    """Which second volume was scored, and how its threshold was chosen."""
+    volume = report["meta"]["config"]["finetune"]["data"].get("test_raw")
+    if not volume or not any("test_voi_mean" in e for e in report["summary"]):
+        return []
+    return [f"Held-out volume: `{volume}`, which no run trains or validates on, segmented at the threshold "
+            "the run's last validation chose (oracle on the validation part, never on this volume).", ""]
+
+
+def steps_to_match_lines(report: dict[str, Any]) -> list[str]:
+    """How many fine-tuning steps each pretrained arm needs to reach scratch's final VOI."""
+    rows = report.get("steps_to_match") or []
+    if not rows:
+        return []
+    lines = ["| label budget | arm | scratch's final VOI (step) | steps to match | share of scratch's steps |",
+             "|---|---|---:|---:|---:|"]
+    for r in rows:
+        step = "not within the run" if r["steps_to_match"] is None else str(r["steps_to_match"])
+        share = "–" if r["fraction"] is None else f"{r['fraction']:.0%}"
+        lines.append(f"| {r['budget']} | {r['arm']} | {r['scratch_final_voi']:.3f} ({r['scratch_steps']}) | "
+                     f"{step} | {share} |")
+    return ["Steps to match: the first validated step at which the arm's mean VOI over seeds is at most "
+            "scratch's mean VOI at its last step.", "", *lines, ""]
