@@ -1,27 +1,40 @@
-"""Where a fine-tuning step's time goes: batch building against the network step.
+"""Fine-tuning step time of network variants side by side, and what the batch costs.
 
 Usage::
 
     python benchmarks/bench_finetune_step.py [--config configs/study_fib.yaml]
-        [--steps 6] [--preset tiny] [--threads N] [--profile]
+        [--variants block,lean,unet] [--steps 4] [--rounds 5] [--threads N] [--profile]
 
 Builds the study's fine-tuning settings (network, crop, batch, augmentation,
 bf16) from the study config, but trains on a synthetic EM-like volume made
-here, so it needs no data. It times, in one process, `make_batch` (crop,
-augmentation, affinities, loss weights) and the training loop's network
-step (forward, loss, backward, gradient-norm guard, AdamW) on the same
-batches, after one untimed warm-up step, and prints both per step and
-their ratio. `--profile` adds the torch
-profiler's table of the operators with the most CPU time over two steps.
+here, so it needs no data. Variants:
+
+- `block`: the TokenUnify network with residual conv blocks at full
+  resolution (`model.full_res: block`, the step the study used before);
+- `lean`: the same network with the lean full-resolution level
+  (`model.full_res: lean`);
+- `unet`: the project's U-Net (`model.name: unet`, default widths), the
+  study's baseline arm.
+
+Each variant takes the training loop's own network step (forward, balanced
+BCE, backward, gradient-norm guard, AdamW) on the same prepared batches,
+after two untimed warm-up steps. The variants are timed in turns, `rounds`
+times `steps` steps each, so that the machine's drift hits all of them
+alike; the median of the rounds is reported, with the ratio against the
+first variant. `make_batch` (crop, augmentation, affinities, loss
+weights) is timed once. `--profile` adds the torch profiler's table for the
+last variant.
 """
 
 from __future__ import annotations
 
 import argparse
 import platform
+import statistics
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -35,15 +48,32 @@ from tokenunify.runtime import tune_malloc
 from tokenunify.study.plan import plan_study
 from tokenunify.study.run_study import load_study
 
+VARIANTS = {"block": {"name": "tokenunify", "full_res": "block"},
+            "lean": {"name": "tokenunify", "full_res": "lean"},
+            "unet": {"name": "unet"}}
+
 
 def _parse() -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--config", type=Path, default=Path("configs/study_fib.yaml"))
-    p.add_argument("--steps", type=int, default=6)
-    p.add_argument("--preset", default=None, help="network preset (default: the config's)")
+    p.add_argument("--variants", default="block,lean,unet", help=f"comma-separated, of {', '.join(VARIANTS)}")
+    p.add_argument("--steps", type=int, default=4, help="steps per variant per round")
+    p.add_argument("--rounds", type=int, default=5)
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     p.add_argument("--profile", action="store_true")
     return p.parse_args()
+
+
+def _settings(tmp: str, config: Path) -> Any:
+    vol = make_synthetic_volume((64, 160, 160), (10, 10, 10), seed=0)
+    write_volume(f"{tmp}/v.h5:raw", vol.raw, vol.voxel_size)
+    write_volume(f"{tmp}/v.h5:labels", vol.labels, vol.voxel_size)
+    study = load_study(config, [f"out_dir={tmp}/study", f"finetune.data.raw={tmp}/v.h5:raw",
+                                f"finetune.data.labels={tmp}/v.h5:labels", "finetune.data.val_z=null",
+                                "finetune.data.test_raw=null", "finetune.data.test_labels=null"], quick=False)
+    settings = next(s for s in plan_study(study) if s.kind == "finetune" and s.arm == "scratch").settings
+    settings.data.train_z = None
+    return settings
 
 
 def main() -> None:
@@ -51,47 +81,54 @@ def main() -> None:
     tune_malloc()
     if args.threads:
         torch.set_num_threads(args.threads)
+    names = [v.strip() for v in args.variants.split(",") if v.strip()]
+    unknown = sorted(set(names) - set(VARIANTS))
+    if unknown or not names:
+        raise SystemExit(f"unknown variant(s) {unknown}; known: {', '.join(VARIANTS)}")
     with tempfile.TemporaryDirectory() as tmp:
-        vol = make_synthetic_volume((64, 160, 160), (10, 10, 10), seed=0)
-        write_volume(f"{tmp}/v.h5:raw", vol.raw, vol.voxel_size)
-        write_volume(f"{tmp}/v.h5:labels", vol.labels, vol.voxel_size)
-        study = load_study(args.config, [f"out_dir={tmp}/study",
-                                         f"finetune.data.raw={tmp}/v.h5:raw", f"finetune.data.labels={tmp}/v.h5:labels",
-                                         "finetune.data.val_z=null",
-                                         *([f"pretrain.model.preset={args.preset}"] if args.preset else [])], quick=False)
-        settings = next(s for s in plan_study(study) if s.kind == "finetune" and s.arm == "scratch").settings
-        settings.data.train_z = None
+        settings = _settings(tmp, args.config)
         loop = settings.train
         data = ft.open_training_data(settings, required_input_shape(tuple(loop.crop), settings.augment))
         rng = np.random.default_rng(0)
-        torch.manual_seed(0)
-        model = build_model(ft.model_spec(settings))
-        optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
-
-        def network_step(batch: tuple[torch.Tensor, ...]) -> None:
-            ft.network_step(model, optimizer, batch, settings)  # the training loop's own step
-
-        network_step(ft.make_batch(data, settings, rng))  # warm-up: oneDNN kernel creation
         started = time.perf_counter()
         batches = [ft.make_batch(data, settings, rng) for _ in range(args.steps)]
         batch_s = (time.perf_counter() - started) / args.steps
-        started = time.perf_counter()
-        for batch in batches:
-            network_step(batch)
-        step_s = (time.perf_counter() - started) / args.steps
+        models: dict[str, tuple[torch.nn.Module, torch.optim.Optimizer]] = {}
+        for name in names:
+            torch.manual_seed(0)
+            for key, value in VARIANTS[name].items():
+                setattr(settings.model, key, value)
+            model = build_model(ft.model_spec(settings))
+            models[name] = (model, torch.optim.AdamW(model.parameters(), lr=1e-4))
+            for batch in batches[:2]:  # warm-up: oneDNN kernel creation
+                ft.network_step(model, models[name][1], batch, settings)
+        times: dict[str, list[float]] = {name: [] for name in names}
+        for _ in range(args.rounds):
+            for name in names:
+                model, optimizer = models[name]
+                started = time.perf_counter()
+                for batch in batches:
+                    ft.network_step(model, optimizer, batch, settings)  # the training loop's own step
+                times[name].append((time.perf_counter() - started) / len(batches))
 
         print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {platform.machine()}; "
-              f"{settings.model.name} {settings.model.preset} ({count_parameters(model):,} parameters), "
-              f"batch {loop.batch_size} x {tuple(loop.crop)}, bf16 {loop.bf16}, mean of {args.steps} steps")
-        print(f"make_batch    {batch_s:.3f} s/step")
-        print(f"network step  {step_s:.3f} s/step (forward, loss, backward, guarded AdamW step)")
-        print(f"batch share   {batch_s / (batch_s + step_s):.0%} of a step")
+              f"batch {loop.batch_size} x {tuple(loop.crop)}, bf16 {loop.bf16}; "
+              f"median of {args.rounds} rounds of {args.steps} steps per variant, variants in turns")
+        print(f"make_batch            {batch_s:.3f} s/step")
+        base = statistics.median(times[names[0]])
+        for name in names:
+            median = statistics.median(times[name])
+            spread = f"{min(times[name]):.3f}-{max(times[name]):.3f}"
+            print(f"{name:6s} network step {median:.3f} s/step (rounds {spread}), "
+                  f"{count_parameters(models[name][0]):,} parameters, "
+                  f"{base / median:.2f}x the steps/s of {names[0]}")
         if args.profile:
             from torch.profiler import ProfilerActivity, profile
 
+            model, optimizer = models[names[-1]]
             with profile(activities=[ProfilerActivity.CPU]) as prof:
                 for batch in batches[:2]:
-                    network_step(batch)
+                    ft.network_step(model, optimizer, batch, settings)
             print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=15))
 
 

@@ -45,6 +45,8 @@ class ModelSettings:
     width: tuple[int, ...] = (16, 32, 64, 96)
     preset: str = "tiny"
     mixer: Literal["mamba", "vit"] = "mamba"
+    # TokenUnify only: the full-resolution level, "block" or "lean" (tokenunify.models.encoder.FULL_RES)
+    full_res: Literal["block", "lean"] = "block"
     anisotropic: bool = False
     offsets: list[Offset] = field(default_factory=lambda: list(MODEL_DEFAULT))
 

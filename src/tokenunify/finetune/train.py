@@ -61,7 +61,8 @@ def model_spec(settings: TrainSettings) -> dict[str, Any]:
     m = settings.model
     spec = {"name": m.name, "in_channels": 1, "out_channels": len(m.offsets), "anisotropic": m.anisotropic}
     if m.name == "tokenunify":
-        return {**spec, "preset": m.preset, "mixer": m.mixer}
+        spec = {**spec, "preset": m.preset, "mixer": m.mixer}
+        return spec if m.full_res == "block" else {**spec, "full_res": m.full_res}
     return {**spec, "width": tuple(m.width)}
 
 

@@ -16,28 +16,76 @@ segmentation model by parameter name.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from tokenunify.models.encoder import ConvBlock
 
-__all__ = ["UNETRDecoder", "UpBlock"]
+__all__ = ["LeanUpBlock", "ShuffleUp", "UNETRDecoder", "UpBlock"]
 
 Triple = tuple[int, int, int]
 
 
-class UpBlock(nn.Module):
-    """Upsample ``cin`` -> ``cout`` by ``stride``, concatenate the skip, fuse with a :class:`ConvBlock`."""
+class ShuffleUp(nn.Module):
+    """Upsample by ``stride`` as a 1x1x1 convolution to ``cout * prod(stride)`` channels and a depth-to-space.
 
-    def __init__(self, cin: int, cout: int, stride: Triple, kernel: Triple) -> None:
+    The same function as a transposed convolution whose kernel equals its
+    stride (each coarse voxel writes its own ``stride`` box), computed as one
+    matrix product at the coarse resolution; the full-resolution transposed
+    convolution was the slower of the two on CPU (benchmarks/bench_finetune_step.py).
+    """
+
+    def __init__(self, cin: int, cout: int, stride: Triple) -> None:
         super().__init__()
-        self.up = nn.ConvTranspose3d(cin, cout, stride, stride=stride)
-        self.fuse = ConvBlock(2 * cout, cout, kernel)
+        self.cout, self.stride = cout, tuple(int(s) for s in stride)
+        self.proj = nn.Conv3d(cin, cout * math.prod(self.stride), 1)
+
+    def forward(self, x: Tensor) -> Tensor:
+        b, _, d, h, w = x.shape
+        sz, sy, sx = self.stride
+        y = self.proj(x).view(b, self.cout, sz, sy, sx, d, h, w).permute(0, 1, 5, 2, 6, 3, 7, 4)
+        return y.reshape(b, self.cout, d * sz, h * sy, w * sx)
+
+
+class UpBlock(nn.Module):
+    """Upsample ``cin`` -> ``cout`` by ``stride``, merge the skip, fuse with a :class:`ConvBlock`.
+
+    ``merge="cat"`` concatenates the skip (UNETR); ``"add"`` adds it, which
+    halves the fuse block's input and drops its projection shortcut.
+    """
+
+    def __init__(self, cin: int, cout: int, stride: Triple, kernel: Triple, merge: str = "cat") -> None:
+        super().__init__()
+        if merge not in ("cat", "add"):
+            raise ValueError(f"merge must be 'cat' or 'add', got {merge!r}")
+        self.merge = merge
+        # the lean layout ("add") upsamples by ShuffleUp, the UNETR one by a transposed convolution
+        self.up: nn.Module = nn.ConvTranspose3d(cin, cout, stride, stride=stride) if merge == "cat" else ShuffleUp(cin, cout, stride)
+        self.fuse = ConvBlock(2 * cout if merge == "cat" else cout, cout, kernel)
 
     def forward(self, x: Tensor, skip: Tensor) -> Tensor:
-        return self.fuse(torch.cat([self.up(x), skip], dim=1))
+        up = self.up(x)
+        return self.fuse(torch.cat([up, skip], dim=1) if self.merge == "cat" else up + skip)
+
+
+class LeanUpBlock(nn.Module):
+    """Upsample ``cin`` -> ``cout`` by ``stride`` and add the skip (``full_res="lean"``'s last level).
+
+    Adding instead of concatenating and fusing leaves no convolution at full
+    resolution in the decoder: the transposed convolution places the coarse
+    features, the skip (the stem's features) brings the full-resolution detail.
+    """
+
+    def __init__(self, cin: int, cout: int, stride: Triple) -> None:
+        super().__init__()
+        self.up = ShuffleUp(cin, cout, stride)
+
+    def forward(self, x: Tensor, skip: Tensor) -> Tensor:
+        return F.gelu(self.up(x) + skip)
 
 
 class UNETRDecoder(nn.Module):
@@ -49,6 +97,9 @@ class UNETRDecoder(nn.Module):
         strides: stride of each encoder stage (the decoder undoes them in reverse).
         kernels: conv kernel of the stem level followed by one per stage.
         out_channels: channels of the output logits.
+        full_res: ``"block"`` (concatenating :class:`UpBlock` s at every level) or
+            ``"lean"`` (a :class:`LeanUpBlock` at full resolution, adding
+            :class:`UpBlock` s above it).
     """
 
     def __init__(
@@ -58,6 +109,7 @@ class UNETRDecoder(nn.Module):
         strides: Sequence[Triple],
         kernels: Sequence[Triple],
         out_channels: int,
+        full_res: str = "block",
     ) -> None:
         super().__init__()
         if out_channels < 1:
@@ -69,7 +121,9 @@ class UNETRDecoder(nn.Module):
         widths = [stem_width, *dims]  # widths[i] is the skip that up-block i fuses with
         # ups[i] goes from level i+1 to level i; level 0 is the stem.
         self.ups = nn.ModuleList(
-            UpBlock(widths[i + 1], widths[i], tuple(strides[i]), tuple(kernels[i])) for i in range(n)
+            LeanUpBlock(widths[1], widths[0], tuple(strides[0])) if i == 0 and full_res == "lean"
+            else UpBlock(widths[i + 1], widths[i], tuple(strides[i]), tuple(kernels[i]),
+                         "add" if full_res == "lean" else "cat") for i in range(n)
         )
         self.head = nn.Conv3d(stem_width, out_channels, 1)
         nn.init.trunc_normal_(self.head.weight, std=0.02)

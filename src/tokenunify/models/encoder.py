@@ -44,8 +44,10 @@ __all__ = [
     "ISOTROPIC_STRIDES",
     "ChannelNorm",
     "ConvBlock",
+    "FULL_RES",
     "EncoderStage",
     "HierarchicalEncoder",
+    "LeanStem",
     "stage_kernels",
 ]
 
@@ -108,6 +110,31 @@ def stage_kernels(anisotropic: bool, n_stages: int = 4) -> tuple[Triple, list[Tr
     return (1, 3, 3), [(1, 3, 3) if i < 2 else (3, 3, 3) for i in range(n_stages)]
 
 
+class LeanStem(nn.Module):
+    """The ``full_res="lean"`` stem: one 'same' convolution and GELU at full resolution.
+
+    The residual conv block of the default stem and the decoder's last fuse
+    block cost 40% of a ``tiny`` fine-tuning step on a 2-core CPU
+    (benchmarks/bench_finetune_step.py) while only these voxels are at full
+    resolution. A per-voxel channel norm after a convolution of one input
+    channel would only rescale it, so there is none.
+    """
+
+    def __init__(self, cin: int, cout: int, kernel: Triple) -> None:
+        super().__init__()
+        self.conv = _conv(cin, cout, kernel)
+        nn.init.kaiming_normal_(self.conv.weight, nonlinearity="relu")
+
+    def forward(self, x: Tensor) -> Tensor:
+        return F.gelu(self.conv(x))
+
+
+#: How the full-resolution level is built: ``"block"`` (a residual conv block
+#: in the stem and in the decoder's last level) or ``"lean"`` (:class:`LeanStem`
+#: and :class:`~tokenunify.models.decoder.LeanUpBlock`).
+FULL_RES = ("block", "lean")
+
+
 class EncoderStage(nn.Module):
     """Downsampling conv, residual conv block, ``depth`` mixer blocks, output norm."""
 
@@ -154,6 +181,7 @@ class HierarchicalEncoder(nn.Module):
         strides: per-stage strides, overriding the ``anisotropic`` default.
         mixer_kwargs: extra keyword arguments for every mixer block (e.g.
             ``orders`` for Mamba, ``heads`` for ViT, ``mlp_ratio`` for both).
+        full_res: ``"block"`` or ``"lean"`` stem (see :data:`FULL_RES`).
 
     ``forward`` returns ``[stem, stage_0, ..., stage_3]`` features, finest
     first: the decoder's skips.
@@ -169,8 +197,11 @@ class HierarchicalEncoder(nn.Module):
         anisotropic: bool = True,
         strides: Sequence[Sequence[int]] | None = None,
         mixer_kwargs: Mapping[str, Any] | None = None,
+        full_res: str = "block",
     ) -> None:
         super().__init__()
+        if full_res not in FULL_RES:
+            raise ValueError(f"full_res must be one of {FULL_RES}, got {full_res!r}")
         dims = tuple(int(d) for d in dims)
         depths = tuple(int(d) for d in depths)
         if strides is None:
@@ -191,7 +222,8 @@ class HierarchicalEncoder(nn.Module):
         self.mixer, self.strides = mixer, strides_t
         stem_kernel, kernels = stage_kernels(anisotropic, n)
         self.kernels: tuple[Triple, ...] = (stem_kernel, *kernels)
-        self.stem = ConvBlock(in_channels, stem_width, stem_kernel)
+        self.full_res = full_res
+        self.stem: nn.Module = (ConvBlock if full_res == "block" else LeanStem)(in_channels, stem_width, stem_kernel)
         self.stages = nn.ModuleList()
         for i in range(n):
             kwargs = dict(mixer_kwargs or {})

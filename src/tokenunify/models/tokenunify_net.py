@@ -104,15 +104,16 @@ class TokenUnifyNet(nn.Module):
         perceiver_depth: int = 2,
         head_depth: int = 2,
         next_context: str = "perceiver",
+        full_res: str = "block",
     ) -> None:
         super().__init__()
         if out_channels < 1:
             raise ValueError(f"out_channels must be positive, got {out_channels}")
         self.encoder = HierarchicalEncoder(
-            in_channels, stem_width, dims, depths, mixer, anisotropic, strides, mixer_kwargs
+            in_channels, stem_width, dims, depths, mixer, anisotropic, strides, mixer_kwargs, full_res
         )
         enc = self.encoder
-        self.decoder = UNETRDecoder(stem_width, enc.dims, enc.strides, enc.kernels, out_channels)
+        self.decoder = UNETRDecoder(stem_width, enc.dims, enc.strides, enc.kernels, out_channels, full_res)
         self.in_channels, self.out_channels, self.mixer = in_channels, out_channels, mixer
         self.anisotropic, self.pretraining = anisotropic, pretraining
         if patch is None:

@@ -42,6 +42,8 @@ def pretrain_model_spec(settings: PretrainSettings) -> dict[str, Any]:
         spec["patch"] = tuple(m.patch)
     if m.next_context != "perceiver":
         spec["next_context"] = m.next_context
+    if m.full_res != "block":  # older checkpoints' specs stay as they were
+        spec["full_res"] = m.full_res
     return spec
 
 

@@ -23,6 +23,8 @@ class PretrainModel:
 
     `next_context`: what the next-token head reads of the prefix, the
     Perceiver latents or (the ablation) the deepest features themselves.
+    `full_res`: how the full-resolution level is built
+    (`tokenunify.models.encoder.FULL_RES`).
     """
 
     preset: str = "tiny"
@@ -30,6 +32,9 @@ class PretrainModel:
     anisotropic: bool = False
     patch: tuple[int, int, int] | None = None
     next_context: Literal["perceiver", "features"] = "perceiver"
+    # the full-resolution level: "block" (residual conv blocks) or "lean" (one
+    # conv in the stem, an added skip in the decoder; docs/study.md)
+    full_res: Literal["block", "lean"] = "block"
 
 
 @dataclass

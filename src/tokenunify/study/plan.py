@@ -81,6 +81,7 @@ def _finetune_settings(study: StudySettings, arm: ArmSettings, preset: str, budg
     s.train.steps = arm.finetune_steps or s.train.steps
     s.model.preset = preset
     s.model.mixer = study.pretrain.model.mixer
+    s.model.full_res = study.pretrain.model.full_res
     s.model.anisotropic = study.pretrain.model.anisotropic
     s.data.train_z = next(b.train_z for b in study.budgets if b.name == budget)
     s.train.seed = seed
