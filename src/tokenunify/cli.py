@@ -282,17 +282,22 @@ def convert_checkpoint(
     typer.echo(f"wrote {result['path']} ({changed})")
 
 
-@app.command(epilog="Example: tokenunify demo --out demo_out")
+@app.command(epilog="Example: tokenunify demo --out demo_out   (or --unet for the plain U-Net pipeline)")
 def demo(
     out: Path = typer.Option(Path("demo_out"), help="Folder for the demo's data, run and pictures."),
-    steps: int = typer.Option(400, help="Training steps."),
+    unet: bool = typer.Option(False, help="The plain pipeline instead: U-Net training, blockwise predict, segment."),
+    steps: int = typer.Option(400, help="Training steps of the --unet demo."),
     overwrite: bool = typer.Option(False, help="Replace an earlier demo in the same folder."),
     progress: bool = typer.Option(True, help="Show progress bars."),
+    override: list[str] = typer.Argument(None, help="KEY=VALUE overrides of the TokenUnify demo's study config."),
 ) -> None:
-    """Synthetic EM -> train -> blockwise predict -> segment -> VOI/ARAND table and PNG previews."""
-    from tokenunify.demo import run_demo
+    """Synthetic EM -> TokenUnify pretraining -> fine-tuning on a few sections -> segmentation, against scratch."""
+    from tokenunify.demo import run_demo, run_tokenunify_demo
 
-    run_demo(out, steps=steps, overwrite=overwrite, progress=progress)
+    if unet:
+        run_demo(out, steps=steps, overwrite=overwrite, progress=progress)
+    else:
+        run_tokenunify_demo(out, overwrite=overwrite, progress=progress, overrides=override or [])
 
 
 @app.command(epilog="Example: tokenunify view --raw data.h5:raw --affs out.zarr:affs --seg out.zarr:seg --gt data.h5:labels")

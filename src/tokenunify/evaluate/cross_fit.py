@@ -47,8 +47,10 @@ def cross_fit(rows: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
     then threshold, as `best_row`) on the mean metrics of every other slab;
     slab ``i``'s metrics at that threshold are its score. Returns the mean
     of each metric of :data:`CROSS_FIT_METRICS` over the slabs, plus
-    ``thresholds`` (the one chosen for each slab) and ``per_part`` (each
-    slab's score).
+    ``thresholds`` (the one chosen for each slab), ``per_part`` (each
+    slab's score) and ``oracle_voi`` / ``oracle_arand`` (the mean over the
+    slabs of each slab's best row: what choosing on the scored slab would
+    give, the figure the cross-fitted one is to be compared with).
 
     Raises:
         ValueError: for no rows, rows without ``parts``, or rows that
@@ -70,5 +72,10 @@ def cross_fit(rows: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
         chosen.append(float(threshold))
         per_part.append({k: float(row["parts"][i][k]) for k in CROSS_FIT_METRICS})
     result: dict[str, Any] = {k: float(np.mean([p[k] for p in per_part])) for k in CROSS_FIT_METRICS}
-    result.update(thresholds=chosen, per_part=per_part)
+    # The same slabs scored at their own best thresholds: the oracle on the
+    # cross-fit's footing (a slab's VOI is not comparable with the whole volume's).
+    own = [best_row([{"threshold": r["threshold"], "voi": r["parts"][i]["voi"], "arand": r["parts"][i]["arand"]}
+                     for r in rows]) for i in range(n)]
+    result.update(thresholds=chosen, per_part=per_part, oracle_voi=float(np.mean([o["voi"] for o in own])),
+                  oracle_arand=float(np.mean([o["arand"] for o in own])))
     return result

@@ -37,7 +37,7 @@ from tokenunify.io.checkpoint import load_checkpoint, save_checkpoint
 from tokenunify.training import distributed
 from tokenunify.training.devices import autocast
 from tokenunify.training.ema import WeightAverage
-from tokenunify.training.optim import build_optimizer, load_optimizer_state
+from tokenunify.training.optim import build_optimizer, load_optimizer_state, lr_of_group
 from tokenunify.training.resume import check_same_config
 from tokenunify.training.rng import Rngs, rank_states
 from tokenunify.training.run_folder import RunFolder
@@ -147,7 +147,7 @@ def _run(settings: Any, loop: LoopBase, spec: dict[str, Any], build: Callable[[]
     if dist.active and device.type == "cuda":
         model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
     model.to(device)
-    optimizer = build_optimizer(model, loop.lr, loop.weight_decay)
+    optimizer = build_optimizer(model, loop.lr, loop.weight_decay, split=loop.splits_encoder)
     rng = Rngs.seeded(loop.seed + dist.rank)
     step, history, evals = 0, [], []
     state: dict[str, Any] = {}
@@ -204,9 +204,10 @@ def _run(settings: Any, loop: LoopBase, spec: dict[str, Any], build: Callable[[]
             log(f"time limit of {loop.max_minutes} min reached at step {step}")
             break
         tick = time.monotonic()
-        lr = task.lr(step) if task.lr is not None else cosine_lr(step, loop.steps, loop.lr, loop.lr_final)
+        lr = task.lr(step) if task.lr is not None else cosine_lr(step, loop.steps, loop.lr, loop.lr_final,
+                                                                 loop.warmup_steps)
         for group in optimizer.param_groups:
-            group["lr"] = lr
+            group["lr"] = lr_of_group(group, lr, step, loop.encoder_lr_scale, loop.encoder_frozen_steps)
         out = task.step(StepContext(step, forward, model, rng, device, loop.bf16))
         loss, grad_norm, stepped = optimizer_step(model, optimizer, out, dist, device, loop.clip_grad_norm)
         if ema is not None and stepped:

@@ -15,7 +15,7 @@ from collections.abc import Iterable
 import torch
 from torch import nn
 
-__all__ = ["build_optimizer", "no_decay", "parameter_groups"]
+__all__ = ["ENCODER_PREFIX", "build_optimizer", "lr_of_group", "no_decay", "parameter_groups", "split_encoder"]
 
 # Names (last component) of tensors that are never decayed, whatever their shape.
 _NO_DECAY_NAMES = {"A_log", "D", "mask_token", "latents", "start"}
@@ -40,9 +40,46 @@ def parameter_groups(model: nn.Module, weight_decay: float) -> list[dict]:
     ]
 
 
-def build_optimizer(model: nn.Module, lr: float, weight_decay: float) -> torch.optim.Optimizer:
-    """AdamW over `parameter_groups`; the learning rate is set again every step by the loop."""
-    return torch.optim.AdamW(_strip_names(parameter_groups(model, weight_decay)), lr=lr)
+#: Parameters whose names start with this are the (pretrainable) encoder of a TokenUnify network.
+ENCODER_PREFIX = "encoder."
+
+
+def split_encoder(groups: list[dict], prefix: str = ENCODER_PREFIX) -> list[dict]:
+    """Each group split into its `prefix` parameters (``part: "encoder"``) and the rest (``part: "rest"``).
+
+    Empty groups are dropped. The loop gives the encoder groups their own
+    learning-rate scale and frozen phase (`lr_of_group`).
+    """
+    out = []
+    for g in groups:
+        for part, keep in (("encoder", True), ("rest", False)):
+            pairs = [(n, p) for n, p in zip(g["names"], g["params"]) if n.startswith(prefix) == keep]
+            if pairs:
+                out.append({**g, "params": [p for _, p in pairs], "names": [n for n, _ in pairs], "part": part})
+    return out
+
+
+def lr_of_group(group: dict, lr: float, step: int, encoder_lr_scale: float, encoder_frozen_steps: int) -> float:
+    """The learning rate of one parameter group at `step`: the encoder's is scaled, and 0 while frozen.
+
+    With a learning rate of 0 AdamW neither moves nor decays the weights
+    (its decay is decoupled and scaled by the learning rate), so the frozen
+    phase keeps the encoder exactly as loaded while its moment estimates warm up.
+    """
+    if group.get("part") != "encoder":
+        return lr
+    return 0.0 if step < encoder_frozen_steps else lr * encoder_lr_scale
+
+
+def build_optimizer(model: nn.Module, lr: float, weight_decay: float,
+                    split: bool = False) -> torch.optim.Optimizer:
+    """AdamW over `parameter_groups` (split into encoder and rest with `split`); the loop sets the learning rates.
+
+    Without `split` there are two groups, as in checkpoints written before
+    the encoder had its own learning rate, so those runs still resume.
+    """
+    groups = parameter_groups(model, weight_decay)
+    return torch.optim.AdamW(_strip_names(split_encoder(groups) if split else groups), lr=lr)
 
 
 def _strip_names(groups: Iterable[dict]) -> list[dict]:
