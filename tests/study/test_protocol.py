@@ -55,7 +55,7 @@ def test_target_needs_the_paired_interval_below_zero():
 
 
 def test_unet_arm_trains_from_scratch_for_its_own_steps(tmp_path):
-    raw = _raw(tmp_path, arms=[{"name": "scratch"}, {"name": "unet", "network": "unet", "finetune_steps": 5}],
+    raw = _raw(tmp_path, arms=[{"name": "scratch"}, {"name": "unet", "network": "unet", "finetune_steps_scale": 2.4}],
                curve={"arms": ["scratch", "unet"], "every": 1})
     stages = plan_study(from_dict(StudySettings, raw))
     unet = [s for s in stages if s.arm == "unet"]

@@ -78,7 +78,7 @@ def _finetune_settings(study: StudySettings, arm: ArmSettings, preset: str, budg
                        init: Path | None, root: Path, validate_every: int) -> TrainSettings:
     s = copy.deepcopy(study.finetune)
     s.model.name = arm.network
-    s.train.steps = arm.finetune_steps or s.train.steps
+    s.train.steps = arm.finetune_steps(s.train.steps)
     s.model.preset = preset
     s.model.mixer = study.pretrain.model.mixer
     s.model.full_res = study.pretrain.model.full_res
@@ -121,7 +121,7 @@ def plan_study(study: StudySettings) -> list[Stage]:
             pseed = seed if study.pretrain_per_seed else (study.seeds[0] if part == "main" else study.scaling.seeds[0])
             needs = pretrained[(arm.name, preset, pseed)]
         init = None if needs is None else root / needs / "checkpoints" / "last.pt"
-        steps = arm.finetune_steps or study.finetune.train.steps
+        steps = arm.finetune_steps(study.finetune.train.steps)
         every = study.curve.every if (arm.name in study.curve.arms and part == "main") else steps
         settings = _finetune_settings(study, arm, preset, budget, seed, init, root, every)
         stages.append(Stage(finetune_key(arm.name, preset, budget, seed), "finetune", arm.name, preset, seed,

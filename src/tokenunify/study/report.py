@@ -172,7 +172,7 @@ def markdown(report: dict[str, Any]) -> str:
               "Every arm fine-tunes the same network and preset for the same number of steps; every pretrained arm "
               f"saw the same number of tokens ({', '.join(f'{k}: {v:,}' for k, v in report['tokens_seen'].items()) or 'none'}). "
               f"Fine-tuning: {report['meta']['config']['finetune']['train']['steps']} steps per TokenUnify-network run "
-              "(an arm with its own `finetune_steps` says so in the config below).", "",
+              "(an arm with a `finetune_steps_scale` trains that many times as long, see the config below).", "",
               *protocol_note(report), *test_volume_note(report), *_evaluation_note(report), *main_table(report)]
     lines += ["", f"![VOI and ARAND per arm]({FIGURES['voi']})", "", *_paired_lines(report),
               *_pretraining_lines(report), "## Target", ""]

@@ -23,21 +23,26 @@ class ArmSettings:
     """One arm: a name, its pretraining schedule (none: trained from scratch) and its network.
 
     `network: unet` is the field's baseline, the project's U-Net trained from
-    scratch (no schedule allowed); `finetune_steps` replaces the study's
-    fine-tuning steps for this arm, so that a network with a cheaper step can
-    be given the same wall-clock minutes as the others (docs/study.md).
+    scratch (no schedule allowed); `finetune_steps_scale` multiplies the
+    study's fine-tuning steps for this arm (rounded), so that a network with
+    a cheaper step gets the same wall-clock minutes as the others
+    (docs/study.md), under `--quick` too.
     """
 
     name: str = ""
     schedule: ScheduleSettings | None = None
     network: Literal["tokenunify", "unet"] = "tokenunify"
-    finetune_steps: int | None = None
+    finetune_steps_scale: float = 1.0
 
     def __post_init__(self) -> None:
         if self.network == "unet" and self.schedule is not None:
             raise ValueError(f"arm {self.name!r}: a unet arm trains from scratch; it takes no pretraining schedule")
-        if self.finetune_steps is not None and self.finetune_steps < 1:
-            raise ValueError(f"arm {self.name!r}: finetune_steps must be >= 1, got {self.finetune_steps}")
+        if self.finetune_steps_scale <= 0:
+            raise ValueError(f"arm {self.name!r}: finetune_steps_scale must be > 0, got {self.finetune_steps_scale}")
+
+    def finetune_steps(self, steps: int) -> int:
+        """This arm's fine-tuning steps when the study's are `steps`."""
+        return max(1, round(steps * self.finetune_steps_scale))
 
     @property
     def pretrained(self) -> bool:
