@@ -9,6 +9,7 @@ from tokenunify.config import from_dict
 from tokenunify.errors import ConfigError
 from tokenunify.study import aggregate as agg
 from tokenunify.study.plan import plan_study
+from tokenunify.study.run_study import wall_time
 from tokenunify.study.settings import StudySettings
 
 
@@ -66,3 +67,13 @@ def test_unet_arm_trains_from_scratch_for_its_own_steps(tmp_path):
     with pytest.raises(ConfigError, match="unet arm trains from scratch"):
         from_dict(StudySettings, _raw(tmp_path, curve={"arms": []}, arms=[{"name": "u", "network": "unet",
                                                        "schedule": {"kind": "single", "objectives": ["random"]}}]))
+
+
+def test_wall_time_counts_a_stopped_invocation_up_to_its_last_stage():
+    records = [{"event": "end", "minutes": 5.0},  # from before invocations had ids
+               {"event": "start", "id": "a"}, {"event": "progress", "id": "a", "minutes": 10.0},
+               {"event": "progress", "id": "a", "minutes": 30.0},  # then killed
+               {"event": "start", "id": "b"}, {"event": "progress", "id": "b", "minutes": 4.0},
+               {"event": "end", "id": "b", "minutes": 6.5},
+               {"event": "start", "id": "c"}]  # killed before any stage finished
+    assert wall_time(records) == (41.5, 3, 1)

@@ -171,8 +171,12 @@ def test_study_runs_resumes_and_reports(data, monkeypatch):
         study(config, ["finetune.train.lr=0.5"], progress=False)
     # The refused invocation was stopped before its end, yet its start is on record.
     records = [json.loads(line) for line in (Path(again["meta"]["resolved_config"]).parent / "invocations.jsonl").read_text().splitlines()]
-    assert [r["event"] for r in records] == ["start", "end", "start", "end", "start"]
-    assert all(r["commit"] for r in records)
+    events = [r for r in records if r["event"] != "progress"]
+    assert [r["event"] for r in events] == ["start", "end", "start", "end", "start"]
+    assert all(r["commit"] for r in events)
+    # the first invocation logged its minutes after every stage it finished (a killed one keeps them)
+    first = events[0]["id"]
+    assert sum(r["event"] == "progress" and r["id"] == first for r in records) == report["meta"]["stages_finished"]
 
 
 def test_killed_stage_resumes_from_its_checkpoint(data, monkeypatch, tmp_path):

@@ -7,6 +7,7 @@ import shlex
 import subprocess
 import sys
 import time
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -50,6 +51,28 @@ def _log_invocation(root: Path, record: dict[str, Any]) -> list[dict[str, Any]]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
+def wall_time(records: list[dict[str, Any]]) -> tuple[float, int, int]:
+    """Wall minutes summed over the invocations in `records`, their number, and how many were stopped.
+
+    An invocation that ends logs its minutes; one that is killed counts up to
+    the last stage it finished (its last "progress" record), so a study run
+    over two invocations, the first stopped, still reports the time it took
+    up to what it kept. Records without an id are from before ids existed.
+    """
+    minutes: dict[str, float] = {}
+    ended: set[str] = set()
+    for i, r in enumerate(records):
+        if "minutes" not in r:
+            continue
+        key = r.get("id", f"old-{i}")
+        if r.get("event") == "end":
+            ended.add(key)
+            minutes[key] = r["minutes"]
+        elif key not in ended:
+            minutes[key] = max(minutes.get(key, 0.0), r["minutes"])
+    return sum(minutes.values()), len(minutes), len(set(minutes) - ended - {k for k in minutes if k.startswith("old-")})
+
+
 def study(config: Path, overrides: list[str], quick: bool = False, report_only: bool = False,
           progress: bool = True, device: str = "auto") -> dict[str, Any]:
     """Run (or resume) the study of `config` on `device` and write its report; returns the report."""
@@ -63,20 +86,26 @@ def study(config: Path, overrides: list[str], quick: bool = False, report_only: 
     resolved.write_text(yaml.safe_dump(to_dict(settings), sort_keys=False))
     stages = plan_study(settings)
     # a start record keeps the commit of an invocation that is killed before its end record
-    _log_invocation(root, {"event": "start", "report_only": report_only, "quick": quick, "commit": commit_at_start})
+    invocation = uuid.uuid4().hex[:12]
+    _log_invocation(root, {"event": "start", "id": invocation, "report_only": report_only, "quick": quick,
+                           "commit": commit_at_start})
+
+    def stage_done() -> None:
+        _log_invocation(root, {"event": "progress", "id": invocation, "minutes": (time.monotonic() - started) / 60})
     if report_only:
         results = [r for r in (read_result(root, s) for s in stages) if r is not None]
     else:
         cache = Path(settings.pretrain_cache) if settings.pretrain_cache else None
-        results = run_study(root, stages, progress=progress, workers=settings.workers, device=device, cache=cache)
-    records = _log_invocation(root, {"event": "end", "minutes": (time.monotonic() - started) / 60,
+        results = run_study(root, stages, progress=progress, workers=settings.workers, device=device, cache=cache,
+                            on_stage_done=stage_done)
+    records = _log_invocation(root, {"event": "end", "id": invocation, "minutes": (time.monotonic() - started) / 60,
                                      "report_only": report_only, "quick": quick, "commit": commit_at_start})
-    invocations = [r for r in records if "minutes" in r]
+    wall_minutes, invocations, stopped = wall_time(records)
     meta = {
         "command": shlex.join(["tokenunify", *sys.argv[1:]]) if sys.argv[1:2] == ["study"] else
         shlex.join(["tokenunify", "study", "-c", str(config), *(["--quick"] if quick else []), *overrides]),
         "config_path": str(config), "resolved_config": str(resolved), "config": to_dict(settings),
-        "commit": git_commit(), "wall_minutes": sum(i["minutes"] for i in invocations), "invocations": len(invocations),
+        "commit": git_commit(), "wall_minutes": wall_minutes, "invocations": invocations, "stopped_invocations": stopped,
         # the code that ran the stages, which --report-only may postdate
         "stage_commits": list(dict.fromkeys(r.get("commit", "unknown") for r in records if not r.get("report_only"))),
         "workers": settings.workers, "stages_planned": len(stages), "stages_finished": len(results),

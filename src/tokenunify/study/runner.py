@@ -140,8 +140,11 @@ def _from_cache(root: Path, stage: Stage, cache: Path | None, log: Callable[[str
 
 def run_study(root: Path, stages: list[Stage], progress: bool = True,
               log: Callable[[str], None] = tqdm.write, workers: int = 1, device: str = "auto",
-              cache: Path | None = None) -> list[dict[str, Any]]:
+              cache: Path | None = None, on_stage_done: Callable[[], None] | None = None) -> list[dict[str, Any]]:
     """Run every unfinished stage, `workers` at a time, on `device`; returns the results of all stages in plan order.
+
+    `on_stage_done` is called after each stage that runs here finishes (the
+    study logs its minutes so far, which a killed invocation keeps).
 
     With `cache`, a pretraining stage whose config and data match a cached
     run is copied from it instead of run, and a pretraining stage that runs
@@ -154,13 +157,15 @@ def run_study(root: Path, stages: list[Stage], progress: bool = True,
             results[stage.key] = cached
             pending.remove(stage)
     if workers > 1:
-        _run_parallel(root, stages, results, pending, workers, log, device, cache)
+        _run_parallel(root, stages, results, pending, workers, log, device, cache, on_stage_done)
         return [results[s.key] for s in stages]
     for stage in pending:
         if stage.needs is not None and stage.needs not in results:
             raise RuntimeError(f"{stage.key} needs {stage.needs}, which has not finished")
         log(f"{_label(stages, stage)}: running")
         results[stage.key] = run_stage(root, stage, progress, device, cache)
+        if on_stage_done is not None:
+            on_stage_done()
     return [results[s.key] for s in stages]
 
 
@@ -192,7 +197,8 @@ class StageFailed(RuntimeError):
 
 
 def _run_parallel(root: Path, stages: list[Stage], results: dict[str, dict[str, Any]], pending: list[Stage],
-                  workers: int, log: Callable[[str], None], device: str = "auto", cache: Path | None = None) -> None:
+                  workers: int, log: Callable[[str], None], device: str = "auto", cache: Path | None = None,
+                  on_stage_done: Callable[[], None] | None = None) -> None:
     """Run `pending` in worker processes, adding each result to `results` as it finishes."""
     threads = max(1, torch.get_num_threads() // workers)
     running: dict[Future[dict[str, Any]], Stage] = {}
@@ -215,6 +221,8 @@ def _run_parallel(root: Path, stages: list[Stage], results: dict[str, dict[str, 
                 try:
                     results[stage.key] = future.result()
                     log(f"{_label(stages, stage)}: finished in {results[stage.key]['minutes_this_call']:.1f} min")
+                    if on_stage_done is not None:
+                        on_stage_done()
                 except BaseException as exc:  # a worker's error comes back as the stage's exception
                     log(f"{_label(stages, stage)}: failed: {exc!r}")
                     failures.append((stage, exc))
