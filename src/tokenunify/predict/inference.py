@@ -40,6 +40,8 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from tokenunify.training.devices import autocast
+
 Triple = tuple[int, int, int]
 Normalizer = Callable[[np.ndarray], np.ndarray]
 
@@ -168,7 +170,7 @@ def _forward(
 ) -> np.ndarray:
     """Sigmoid of the model output for a float32 batch ``(B, 1, z, y, x)``."""
     xt = torch.from_numpy(np.ascontiguousarray(x)).to(device)
-    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+    with autocast(device, bf16):
         logits = model(xt)
     # Sigmoid in float32: bf16 has only 8 bits of mantissa, and the accumulation
     # of many weighted blocks should not inherit that rounding.

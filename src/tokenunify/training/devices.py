@@ -2,19 +2,28 @@
 
 `auto` is the first CUDA device where one is present, else the CPU. Under
 torchrun with CUDA every process takes the GPU of its local rank.
+
+bf16 autocast on a CPU is only worth it where oneDNN has native bf16
+kernels (AVX-512 or AMX). On an AVX2-only CPU torch 2.13 still accepts
+bf16 autocast, but its 3D convolutions fall to a reference path: 40 to 500
+times slower than fp32 on the 2026-12-06 machine (AMD EPYC, AVX2), which
+made a pretraining step take 45 s instead of 1.1 s. `autocast` therefore
+runs fp32 there, says so once, and `effective_bf16` tells callers what ran.
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
+import warnings
 from typing import ContextManager
 
 import torch
 
 from tokenunify.errors import ConfigError
 
-__all__ = ["autocast", "resolve_device"]
+__all__ = ["autocast", "cpu_has_fast_bf16", "effective_bf16", "resolve_device"]
 
 
 def resolve_device(name: str = "auto", world_size: int = 1) -> torch.device:
@@ -43,8 +52,35 @@ def resolve_device(name: str = "auto", world_size: int = 1) -> torch.device:
     raise ConfigError(f"--device {name}: expected auto, cpu, cuda or cuda:N")
 
 
+@functools.cache
+def cpu_has_fast_bf16() -> bool:
+    """Whether this CPU has the native bf16 kernels (oneDNN's AVX-512 / AMX paths) that make bf16 autocast pay."""
+    if os.environ.get("TOKENUNIFY_CPU_BF16") in ("0", "1"):  # an override for tests and odd machines
+        return os.environ["TOKENUNIFY_CPU_BF16"] == "1"
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):  # the private check moved: fall back to the dispatch level
+        return torch.backends.cpu.get_cpu_capability().startswith("AVX512")
+
+
+def effective_bf16(device: torch.device, requested: bool) -> bool:
+    """Whether a run that asks for bf16 on `device` gets it: always on CUDA, on a CPU only with native bf16."""
+    if not requested or device.type != "cpu" or cpu_has_fast_bf16():
+        return requested
+    _warn_cpu_fp32()
+    return False
+
+
+@functools.cache
+def _warn_cpu_fp32() -> None:
+    warnings.warn("bf16 was asked for, but this CPU has no native bf16 kernels (no AVX-512/AMX; "
+                  f"torch dispatches {torch.backends.cpu.get_cpu_capability()}), where bf16 convolutions are "
+                  "40-500x slower than fp32: running fp32 (set TOKENUNIFY_CPU_BF16=1 to force bf16)",
+                  RuntimeWarning, stacklevel=3)
+
+
 def autocast(device: torch.device, enabled: bool) -> ContextManager:
-    """bf16 autocast on the device's type, or nothing."""
-    if not enabled:
+    """bf16 autocast on the device's type where it is asked for and pays (see `effective_bf16`), or nothing."""
+    if not effective_bf16(device, enabled):
         return contextlib.nullcontext()
     return torch.autocast(device.type, dtype=torch.bfloat16)
