@@ -16,6 +16,7 @@ from tokenunify.predict.inference import (
     predict_blockwise,
     predict_whole,
 )
+from tokenunify.training.devices import cpu_has_fast_bf16
 
 
 class PointwiseNet(nn.Module):
@@ -232,8 +233,12 @@ def test_bf16_close_to_fp32() -> None:
     predict_blockwise(model, VOL, f32, (16, 48, 48), (4, 16, 16), batch_size=2, progress=False)
     predict_blockwise(model, VOL, b16, (16, 48, 48), (4, 16, 16), batch_size=2, progress=False, bf16=True)
     assert b16.dtype == np.float32
-    # bf16 keeps 8 mantissa bits; measured mean |diff| 0.0057, max 0.13.
-    assert np.abs(b16 - f32).mean() < 0.02
+    if cpu_has_fast_bf16():
+        # bf16 keeps 8 mantissa bits; measured mean |diff| 0.0057, max 0.13.
+        assert np.abs(b16 - f32).mean() < 0.02
+    else:
+        # no native bf16 kernels: `autocast` runs fp32 (bf16 convolutions were 40-500x slower)
+        np.testing.assert_array_equal(b16, f32)
     whole = predict_whole(model, VOL, bf16=True)
     assert whole.dtype == np.float32 and whole.shape == f32.shape
 

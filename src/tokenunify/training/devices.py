@@ -52,11 +52,19 @@ def resolve_device(name: str = "auto", world_size: int = 1) -> torch.device:
     raise ConfigError(f"--device {name}: expected auto, cpu, cuda or cuda:N")
 
 
-@functools.cache
 def cpu_has_fast_bf16() -> bool:
-    """Whether this CPU has the native bf16 kernels (oneDNN's AVX-512 / AMX paths) that make bf16 autocast pay."""
-    if os.environ.get("TOKENUNIFY_CPU_BF16") in ("0", "1"):  # an override for tests and odd machines
+    """Whether this CPU has the native bf16 kernels (oneDNN's AVX-512 / AMX paths) that make bf16 autocast pay.
+
+    `TOKENUNIFY_CPU_BF16=1` (or `0`) overrides the check, for tests and for
+    machines where it is wrong.
+    """
+    if os.environ.get("TOKENUNIFY_CPU_BF16") in ("0", "1"):
         return os.environ["TOKENUNIFY_CPU_BF16"] == "1"
+    return _native_bf16()
+
+
+@functools.cache
+def _native_bf16() -> bool:
     try:
         return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
     except (AttributeError, RuntimeError):  # the private check moved: fall back to the dispatch level
