@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from dataclasses import replace
 
 import numpy as np
@@ -195,16 +194,17 @@ def test_bad_input() -> None:
         augment(raw, np.zeros((4, 8, 9), np.uint64), (4, 8, 8), AugmentConfig.none(), np.random.default_rng(0))
 
 
-def test_speed_full_pipeline() -> None:
+def test_full_pipeline_gives_valid_crops() -> None:
+    # every augmentation at once; its speed is measured by benchmarks/bench_augment.py, not here
     everything = replace(ALL_ON, flip_prob=1.0, transpose_prob=1.0, motion_blur_prob=0.2, missing_section_prob=0.1)
     rng = np.random.default_rng(13)
     raw = rng.random((32, 160, 160), dtype=np.float32)
     labels = _blocky_labels((32, 160, 160), rng)
-    augment(raw, labels, (24, 128, 128), everything, rng)
-    t0 = time.perf_counter()
-    for _ in range(5):
-        augment(raw, labels, (24, 128, 128), everything, rng)
-    assert (time.perf_counter() - t0) / 5 < 0.3
+    for _ in range(3):
+        x, y = augment(raw, labels, (24, 128, 128), everything, rng)
+        assert x.shape == y.shape == (24, 128, 128) and x.dtype == np.float32
+        assert np.isfinite(x).all() and x.min() >= 0.0 and x.max() <= 1.0
+        assert set(np.unique(y)) <= set(np.unique(labels))  # nearest-voxel sampling invents no ids
 
 
 # --------------------------------------------------------------------------
