@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from functools import lru_cache
 
 import numpy as np
@@ -90,10 +89,9 @@ def test_membranes_darker_than_interiors() -> None:
     assert d.raw[b].mean() < d.raw[~b].mean() - 20
 
 
-def test_default_cell_size_and_speed() -> None:
-    t0 = time.perf_counter()
+def test_default_cell_size() -> None:
+    # its speed is printed by benchmarks/bench_augment.py, not asserted here
     v = make_synthetic_volume()  # the documented default, 32x128x128
-    assert time.perf_counter() - t0 < 5.0
     assert v.raw.shape == (32, 128, 128)
     diam = []
     for z in range(0, 32, 8):
