@@ -75,5 +75,7 @@ def test_wall_time_counts_a_stopped_invocation_up_to_its_last_stage():
                {"event": "progress", "id": "a", "minutes": 30.0},  # then killed
                {"event": "start", "id": "b"}, {"event": "progress", "id": "b", "minutes": 4.0},
                {"event": "end", "id": "b", "minutes": 6.5},
-               {"event": "start", "id": "c"}]  # killed before any stage finished
+               {"event": "start", "id": "c"},  # killed before any stage finished
+               {"event": "start", "id": "d", "report_only": True},
+               {"event": "end", "id": "d", "minutes": 0.2, "report_only": True}]  # runs no stage: not counted
     assert wall_time(records) == (41.5, 3, 1)

@@ -58,11 +58,12 @@ def wall_time(records: list[dict[str, Any]]) -> tuple[float, int, int]:
     the last stage it finished (its last "progress" record), so a study run
     over two invocations, the first stopped, still reports the time it took
     up to what it kept. Records without an id are from before ids existed.
+    `--report-only` invocations run no stage and are not counted.
     """
     minutes: dict[str, float] = {}
     ended: set[str] = set()
     for i, r in enumerate(records):
-        if "minutes" not in r:
+        if "minutes" not in r or r.get("report_only"):
             continue
         key = r.get("id", f"old-{i}")
         if r.get("event") == "end":
@@ -107,7 +108,8 @@ def study(config: Path, overrides: list[str], quick: bool = False, report_only: 
         "config_path": str(config), "resolved_config": str(resolved), "config": to_dict(settings),
         "commit": git_commit(), "wall_minutes": wall_minutes, "invocations": invocations, "stopped_invocations": stopped,
         # the code that ran the stages, which --report-only may postdate
-        "stage_commits": list(dict.fromkeys(r.get("commit", "unknown") for r in records if not r.get("report_only"))),
+        "stage_commits": list(dict.fromkeys(r.get("commit", "unknown") for r in records
+                                            if not r.get("report_only") and r.get("event") != "progress")),
         "workers": settings.workers, "stages_planned": len(stages), "stages_finished": len(results),
         # compute time of the finished stages themselves (the call that finished each one); unlike
         # wall_minutes it survives a killed invocation, which logs its start but no minutes
