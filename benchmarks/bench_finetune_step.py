@@ -47,6 +47,7 @@ from tokenunify.models.registry import build_model, count_parameters
 from tokenunify.runtime import tune_malloc
 from tokenunify.study.plan import plan_study
 from tokenunify.study.run_study import load_study
+from tokenunify.training.devices import effective_bf16
 
 VARIANTS = {"block": {"name": "tokenunify", "full_res": "block"},
             "lean": {"name": "tokenunify", "full_res": "lean"},
@@ -112,7 +113,7 @@ def main() -> None:
                 times[name].append((time.perf_counter() - started) / len(batches))
 
         print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {platform.machine()}; "
-              f"batch {loop.batch_size} x {tuple(loop.crop)}, bf16 {loop.bf16}; "
+              f"batch {loop.batch_size} x {tuple(loop.crop)}, bf16 {loop.bf16} asked, {effective_bf16(torch.device('cpu'), loop.bf16)} run; "
               f"median of {args.rounds} rounds of {args.steps} steps per variant, variants in turns")
         print(f"make_batch            {batch_s:.3f} s/step")
         base = statistics.median(times[names[0]])
