@@ -65,3 +65,31 @@ def test_shipped_configs_load():
 def test_missing_config_file(tmp_path):
     with pytest.raises(ConfigError, match="no such config"):
         load_yaml(tmp_path / "none.yaml")
+
+
+def test_extends_merges_sections_and_replaces_lists(tmp_path):
+    (tmp_path / "base.yaml").write_text("train: {steps: 10, lr: 0.1, crop: [8, 8, 8]}\nseeds: [0, 1]\nout_dir: a\n")
+    (tmp_path / "child.yaml").write_text("extends: base.yaml\ntrain: {steps: 20, crop: [4, 4]}\nseeds: [5]\n")
+    loaded = load_yaml(tmp_path / "child.yaml")
+    assert loaded == {"train": {"steps": 20, "lr": 0.1, "crop": [4, 4]}, "seeds": [5], "out_dir": "a"}
+
+
+def test_extends_chain_is_relative_to_each_file(tmp_path):
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "root.yaml").write_text("a: 1\nb: 1\n")
+    (tmp_path / "sub" / "mid.yaml").write_text("extends: ../root.yaml\nb: 2\n")
+    (tmp_path / "sub" / "leaf.yaml").write_text("extends: mid.yaml\nc: 3\n")
+    assert load_yaml(tmp_path / "sub" / "leaf.yaml") == {"a": 1, "b": 2, "c": 3}
+
+
+def test_extends_errors_name_the_file(tmp_path):
+    (tmp_path / "a.yaml").write_text("extends: b.yaml\n")
+    (tmp_path / "b.yaml").write_text("extends: a.yaml\n")
+    with pytest.raises(ConfigError, match="cycle"):
+        load_yaml(tmp_path / "a.yaml")
+    (tmp_path / "c.yaml").write_text("extends: missing.yaml\n")
+    with pytest.raises(ConfigError, match="missing.yaml: no such config file"):
+        load_yaml(tmp_path / "c.yaml")
+    (tmp_path / "d.yaml").write_text("extends: [x.yaml]\n")
+    with pytest.raises(ConfigError, match="d.yaml: `extends` must name one config file"):
+        load_yaml(tmp_path / "d.yaml")

@@ -5,7 +5,10 @@ A config is a nested mapping. The command line may override any leaf with
 `model.width=[8,16,32]`, `train.bf16=false` all work). Unknown keys are an
 error that names the key, so a typo never silently falls back to a default.
 `${TOKENUNIFY_DATA}` in a string expands to that environment variable, or to
-`../shared/data` where it is unset.
+`../shared/data` where it is unset. A config may start from another one with
+`extends: other.yaml` (relative to its own folder): its sections are merged
+over the other's, mappings key by key, anything else (lists included)
+replaced whole.
 """
 
 from __future__ import annotations
@@ -31,8 +34,8 @@ def data_dir() -> Path:
     return Path(os.environ.get(DATA_ENV, DEFAULT_DATA_DIR))
 
 
-def load_yaml(path: str | Path) -> dict[str, Any]:
-    """Read a YAML mapping; a missing file or a non-mapping is a ConfigError."""
+def load_yaml(path: str | Path, _seen: tuple[Path, ...] = ()) -> dict[str, Any]:
+    """Read a YAML mapping, resolving `extends:`; a missing file, a non-mapping or a cycle is a ConfigError."""
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"{path}: no such config file")
@@ -42,7 +45,26 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
         raise ConfigError(f"{path}: not valid YAML ({err})") from None
     if not isinstance(loaded, dict):
         raise ConfigError(f"{path}: a config must be a mapping of sections")
-    return loaded
+    base_name = loaded.pop("extends", None)
+    if base_name is None:
+        return loaded
+    if not isinstance(base_name, str) or not base_name:
+        raise ConfigError(f"{path}: `extends` must name one config file, got {base_name!r}")
+    base_path = path.parent / base_name
+    if base_path.resolve() in {p.resolve() for p in (*_seen, path)}:
+        raise ConfigError(f"{path}: `extends: {base_name}` makes a cycle of configs")
+    return merge(load_yaml(base_path, (*_seen, path)), loaded)
+
+
+def merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
+    """`update` over `base`: nested mappings merged key by key, any other value (a list too) replaced."""
+    result = _deep_copy(base)
+    for key, value in update.items():
+        if isinstance(value, dict) and isinstance(result.get(key), dict):
+            result[key] = merge(result[key], value)
+        else:
+            result[key] = _deep_copy(value)
+    return result
 
 
 def apply_overrides(config: dict[str, Any], overrides: list[str]) -> dict[str, Any]:

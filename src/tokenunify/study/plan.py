@@ -2,9 +2,11 @@
 
 Every stage has a key that is also its folder under the study's `out_dir`, so
 a stage is found again after a crash and its checkpoints stay available for
-re-evaluation or continuation. Arms differ only in the pretraining schedule;
-the fine-tuning config of a (budget, seed) pair is the same for every arm
-except for `init`.
+re-evaluation or continuation. Arms differ in the pretraining schedule, the
+network, and whatever their own `pretrain_overrides` / `finetune_overrides`
+change; otherwise the fine-tuning config of a (budget, seed) pair is the
+same for every arm except for `init`. Arms whose pretraining configs are
+identical share one pretraining stage (the first such arm's).
 """
 
 from __future__ import annotations
@@ -13,13 +15,15 @@ import copy
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Literal, TypeVar
 
+from tokenunify.config import apply_overrides, from_dict, to_dict
 from tokenunify.finetune.settings import TrainSettings
 from tokenunify.pretrain.settings import PretrainSettings
 from tokenunify.study.settings import ArmSettings, StudySettings
 
 Kind = Literal["pretrain", "finetune"]
+RunSettings = TypeVar("RunSettings", PretrainSettings, TrainSettings)
 
 
 @dataclass
@@ -65,8 +69,15 @@ def tokens_per_pretraining(settings: PretrainSettings) -> int:
     return loop.steps * loop.batch_size * per_crop
 
 
+def _overridden(settings: RunSettings, overrides: list[str], where: str) -> RunSettings:
+    """A copy of `settings` with an arm's `key=value` overrides applied (checked like a config file)."""
+    if not overrides:
+        return copy.deepcopy(settings)
+    return from_dict(type(settings), apply_overrides(to_dict(settings), overrides), where)
+
+
 def _pretrain_settings(study: StudySettings, arm: ArmSettings, preset: str, seed: int, root: Path) -> PretrainSettings:
-    s = copy.deepcopy(study.pretrain)
+    s = _overridden(study.pretrain, arm.pretrain_overrides, f"arms.{arm.name}.pretrain_overrides")
     s.schedule = copy.deepcopy(arm.schedule)
     s.model.preset = preset
     s.train.seed = seed
@@ -76,7 +87,7 @@ def _pretrain_settings(study: StudySettings, arm: ArmSettings, preset: str, seed
 
 def _finetune_settings(study: StudySettings, arm: ArmSettings, preset: str, budget: str, seed: int,
                        init: Path | None, root: Path, validate_every: int) -> TrainSettings:
-    s = copy.deepcopy(study.finetune)
+    s = _overridden(study.finetune, arm.finetune_overrides, f"arms.{arm.name}.finetune_overrides")
     s.model.name = arm.network
     s.train.steps = arm.finetune_steps(s.train.steps)
     s.model.preset = preset
@@ -92,6 +103,14 @@ def _finetune_settings(study: StudySettings, arm: ArmSettings, preset: str, budg
     return s
 
 
+def _same_run(a: PretrainSettings | TrainSettings, b: PretrainSettings | TrainSettings) -> bool:
+    """Whether two runs' configs agree in everything but their folder."""
+    da, db = to_dict(a), to_dict(b)
+    da.pop("out_dir", None)
+    db.pop("out_dir", None)
+    return da == db
+
+
 def plan_study(study: StudySettings) -> list[Stage]:
     """All stages in run order: pretraining first, then the main table, then the scaling runs."""
     root = Path(study.out_dir)
@@ -102,10 +121,11 @@ def plan_study(study: StudySettings) -> list[Stage]:
 
     def add_pretraining(arm: ArmSettings, preset: str, seed: int, part: str) -> None:
         key = pretrain_key(arm.name, preset, seed)
-        if key not in {s.key for s in stages}:
-            stages.append(Stage(key, "pretrain", arm.name, preset, seed,
-                                _pretrain_settings(study, arm, preset, seed, root), part=part))
-        pretrained[(arm.name, preset, seed)] = key
+        settings = _pretrain_settings(study, arm, preset, seed, root)
+        same = next((s.key for s in stages if s.kind == "pretrain" and _same_run(s.settings, settings)), None)
+        if same is None:
+            stages.append(Stage(key, "pretrain", arm.name, preset, seed, settings, part=part))
+        pretrained[(arm.name, preset, seed)] = same or key
 
     for arm in (a for a in study.arms if a.pretrained):
         for seed in pretrain_seeds:

@@ -260,7 +260,7 @@ def write_report(study: StudySettings, results: Sequence[dict[str, Any]], meta: 
     curves = {f"{r['arm']}/{r['budget']}/s{r['seed']}": r["curve"] for r in results
               if r["kind"] == "finetune" and r["part"] == "main" and r["arm"] in study.curve.arms}
     paired = agg.paired_differences(rows, arms, [b.name for b in study.budgets], study.pretrain.model.preset,
-                                    metric=agg.headline(rows))
+                                    refs=study.refs(), metric=agg.headline(rows))
     bands = agg.curve_bands(curves)
     report = {
         "meta": meta, "runs": rows, "summary": summary, "target": agg.target_check(summary, paired),

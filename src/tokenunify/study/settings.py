@@ -27,16 +27,30 @@ class ArmSettings:
     study's fine-tuning steps for this arm (rounded), so that a network with
     a cheaper step gets the same wall-clock minutes as the others
     (docs/study.md), under `--quick` too.
+
+    `pretrain_overrides` and `finetune_overrides` are `key=value` overrides
+    (as on the command line) of the study's pretraining and fine-tuning
+    configs for this arm alone: the investigation arms of
+    configs/study_fib_investigate.yaml vary pretraining length, mask ratio
+    or the encoder's learning rate this way. Arms whose pretraining configs
+    come out identical share one pretraining stage.
     """
 
     name: str = ""
     schedule: ScheduleSettings | None = None
     network: Literal["tokenunify", "unet"] = "tokenunify"
     finetune_steps_scale: float = 1.0
+    pretrain_overrides: list[str] = field(default_factory=list)
+    finetune_overrides: list[str] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         if self.network == "unet" and self.schedule is not None:
             raise ValueError(f"arm {self.name!r}: a unet arm trains from scratch; it takes no pretraining schedule")
+        if self.pretrain_overrides and self.schedule is None:
+            raise ValueError(f"arm {self.name!r}: pretrain_overrides need a pretraining schedule")
+        bad = [o for o in (*self.pretrain_overrides, *self.finetune_overrides) if "=" not in o]
+        if bad:
+            raise ValueError(f"arm {self.name!r}: override(s) {bad} are not of the form key=value")
         if self.finetune_steps_scale <= 0:
             raise ValueError(f"arm {self.name!r}: finetune_steps_scale must be > 0, got {self.finetune_steps_scale}")
 
@@ -98,6 +112,9 @@ class StudySettings:
     arms: list[ArmSettings] = field(default_factory=list)
     budgets: list[LabelBudget] = field(default_factory=list)
     seeds: list[int] = field(default_factory=lambda: [0, 1])
+    # the arms every other arm's per-seed differences are taken against (report, "Paired
+    # differences"); empty: scratch and mae, those of them the study has
+    paired_refs: list[str] = field(default_factory=list)
     # One pretraining per arm (seed = seeds[0]) shared by all fine-tuning
     # seeds, or one per seed; see docs/study.md.
     pretrain_per_seed: bool = False
@@ -122,7 +139,7 @@ class StudySettings:
             raise ValueError(f"budgets need unique, non-empty names, got {budgets}")
         if not self.seeds or len(set(self.seeds)) != len(self.seeds):
             raise ValueError(f"seeds must be a non-empty list of distinct integers, got {self.seeds}")
-        checked = [("curve.arms", self.curve.arms)] + ([("scaling.arms", self.scaling.arms)] if self.scaling.presets else [])
+        checked = [("curve.arms", self.curve.arms), ("paired_refs", self.paired_refs)] + ([("scaling.arms", self.scaling.arms)] if self.scaling.presets else [])
         for where, listed in checked:
             unknown = sorted(set(listed) - set(names))
             if unknown:
@@ -136,6 +153,11 @@ class StudySettings:
             raise ValueError(f"workers must be >= 1, got {self.workers}")
         if self.curve.every < 1:
             raise ValueError(f"curve.every must be >= 1, got {self.curve.every}")
+
+    def refs(self) -> list[str]:
+        """The arms of the paired differences (`paired_refs`, or scratch and mae where present)."""
+        names = {a.name for a in self.arms}
+        return list(self.paired_refs) or [r for r in (SCRATCH, "mae") if r in names]
 
     def arm(self, name: str) -> ArmSettings:
         """The arm called `name`."""
