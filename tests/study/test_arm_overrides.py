@@ -82,3 +82,14 @@ def test_the_investigation_config_extends_the_default(monkeypatch):
     # every investigation arm pretrains differently from the default TokenUnify arm, except the encoder-rate arm
     pre = [s for s in stages if s.kind == "pretrain"]
     assert len(pre) == len({s.arm for s in pre}) == sum(1 for a in study.arms if a.pretrained) - 1
+
+
+def test_the_report_lists_each_arms_overrides():
+    from tokenunify.study.report import _override_lines
+
+    config = {"arms": [{"name": "scratch"}, {"name": "long", "pretrain_overrides": ["train.steps=8"]},
+                       {"name": "enc", "finetune_overrides": ["train.encoder_lr_scale=0.3", "train.warmup_steps=0"]}]}
+    lines = _override_lines(config)
+    assert "- `long` differs from the shared config in its pretraining `train.steps=8`" in lines
+    assert "- `enc` differs from the shared config in its fine-tuning `train.encoder_lr_scale=0.3, train.warmup_steps=0`" in lines
+    assert not any("scratch" in line for line in lines)

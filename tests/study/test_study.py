@@ -157,6 +157,9 @@ def test_study_runs_resumes_and_reports(data, monkeypatch):
     assert {(m["arm"], m["budget"]) for m in on_disk["steps_to_match"]} == {("tokenunify", "scarce"),
                                                                             ("tokenunify", "full")}
     assert "Steps to match" in text
+    # the config asks for fp32, and every stage says what it computed in
+    assert on_disk["precision"] == {"fp32": 8} and "Precision of the finished stages: fp32 8." in text
+    assert "Arms with their own overrides" not in text
 
     # A rerun trains nothing: every stage is found finished.
     def must_not_run(*args, **kwargs):

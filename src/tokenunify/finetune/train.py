@@ -35,7 +35,7 @@ from tokenunify.models.registry import build_model, count_parameters
 from tokenunify.postprocess.pipeline import sweep_scores
 from tokenunify.predict.inference import predict_blockwise
 from tokenunify.report.plots import plot_loss_curve, preview_png
-from tokenunify.training.devices import autocast, resolve_device
+from tokenunify.training.devices import autocast, precision, resolve_device
 from tokenunify.training.distributed import Dist, world_size
 from tokenunify.training.loop import EvalResult, StepContext, Task, run_training
 from tokenunify.training.run_folder import RunFolder
@@ -210,5 +210,5 @@ def train(settings: TrainSettings, resume: bool = False, overwrite: bool = False
         "best_val": min(evals, key=lambda v: v["voi"]) if evals else None,
         "minutes": result.minutes, "init": reports[-1] if reports else None,
         "skipped_steps": result.skipped_steps, "world_size": result.world_size, "device": str(dev),
-        "checkpoint": str(result.checkpoint), "test": test,
+        "precision": precision(dev, loop.bf16), "checkpoint": str(result.checkpoint), "test": test,
     }

@@ -25,7 +25,7 @@ from tokenunify.pretrain.objectives import MaskedForward, ObjectiveOutput, objec
 from tokenunify.pretrain.schedule import lr_for_step, objective_for_step
 from tokenunify.pretrain.settings import PretrainSettings
 from tokenunify.report.pretrain_plots import plot_objective_losses, reconstruction_png
-from tokenunify.training.devices import resolve_device
+from tokenunify.training.devices import precision, resolve_device
 from tokenunify.training.distributed import world_size
 from tokenunify.training.loop import StepContext, Task, run_training
 from tokenunify.training.run_folder import RunFolder
@@ -119,7 +119,8 @@ def pretrain(settings: PretrainSettings, resume: bool = False, overwrite: bool =
     return {"out_dir": str(run.root), "steps": result.steps, "tokens_seen": sum(h["tokens"] for h in result.history),
             "parameters": count_parameters(result.model), "skipped_steps": result.skipped_steps,
             "minutes": result.minutes, "loss_by_objective": _loss_summary(result.history),
-            "checkpoint": str(run.last), "world_size": result.world_size, "device": str(dev)}
+            "checkpoint": str(run.last), "world_size": result.world_size, "device": str(dev),
+            "precision": precision(dev, loop.bf16)}
 
 
 def _loss_summary(history: list[dict[str, Any]]) -> dict[str, dict[str, float]]:

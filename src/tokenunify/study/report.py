@@ -8,6 +8,7 @@ and the wall time; `results.md` renders the same for people.
 from __future__ import annotations
 
 import json
+from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -179,6 +180,25 @@ def _budget_note(config: dict[str, Any]) -> str:
             "long, see the config below); minutes per run in the table.")
 
 
+def _precision_note(report: dict[str, Any]) -> str:
+    """What the stages computed in, counted (bf16 asked for falls back to fp32 on CPUs without native bf16)."""
+    counts = report.get("precision") or {}
+    if not counts:
+        return ""
+    return "Precision of the finished stages: " + ", ".join(f"{k} {v}" for k, v in sorted(counts.items())) + "."
+
+
+def _override_lines(config: dict[str, Any]) -> list[str]:
+    """The arms whose pretraining or fine-tuning config differs from the study's shared one, and how."""
+    lines = []
+    for arm in config.get("arms") or []:
+        changes = [f"{part} `{', '.join(arm[key])}`" for part, key in
+                   (("pretraining", "pretrain_overrides"), ("fine-tuning", "finetune_overrides")) if arm.get(key)]
+        if changes:
+            lines.append(f"- `{arm['name']}` differs from the shared config in its {' and its '.join(changes)}")
+    return ["Arms with their own overrides:", "", *lines, ""] if lines else []
+
+
 def _stopped_note(meta: dict[str, Any]) -> str:
     stopped = meta.get("stopped_invocations", 0)
     if not stopped:
@@ -198,9 +218,10 @@ def markdown(report: dict[str, Any]) -> str:
               f"{meta['wall_minutes']:.1f} min of wall time in all, over {meta['invocations']} invocation(s)"
               f"{_stopped_note(meta)}. "
               f"Config: `{meta['config_path']}` (resolved copy: `{meta['resolved_config']}`).", "",
-              "Every arm fine-tunes the same network and preset for the same number of steps; every pretrained arm "
-              f"saw the same number of tokens ({', '.join(f'{k}: {v:,}' for k, v in report['tokens_seen'].items()) or 'none'}). "
-              f"{_budget_note(meta['config'])}", "",
+              "Every arm fine-tunes the same network and preset for the same number of steps, and every pretrained "
+              "arm pretrains for the same steps, except where an arm's own overrides (listed below) say otherwise; "
+              f"tokens per pretraining stage: {', '.join(f'{k}: {v:,}' for k, v in report['tokens_seen'].items()) or 'none'}. "
+              f"{_budget_note(meta['config'])} {_precision_note(report)}", "", *_override_lines(meta["config"]),
               *protocol_note(report), *test_volume_note(report), *_evaluation_note(report), *main_table(report)]
     lines += ["", f"![VOI and ARAND per arm]({FIGURES['voi']})", "", *_paired_lines(report),
               *_pretraining_lines(report), "## Target", ""]
@@ -272,6 +293,8 @@ def write_report(study: StudySettings, results: Sequence[dict[str, Any]], meta: 
                          "minutes": r.get("pretrain_minutes", r["minutes_this_call"]),
                          "cached_from": r.get("cached_from")} for r in results if r["kind"] == "pretrain"],
         "all_finite": agg.all_finite(rows),
+        # stages from before precision was recorded count as "not recorded"
+        "precision": dict(Counter(r.get("precision") or "not recorded" for r in results)),
     }
     write_text_atomic(out / "results.json", json.dumps(report, indent=1, default=float))
     if summary:

@@ -103,7 +103,9 @@ def run_stage(root: Path, stage: Stage, progress: bool, device: str = "auto",
     result = {"key": stage.key, "kind": stage.kind, "arm": stage.arm, "preset": stage.preset, "seed": stage.seed,
               "budget": stage.budget, "part": stage.part, "steps": summary["steps"],
               "parameters": summary["parameters"], "minutes_this_call": (time.monotonic() - started) / 60,
-              "resumed": resume, "fingerprint": fingerprint(stage), **body}
+              "resumed": resume, "fingerprint": fingerprint(stage),
+              # what the call that finished the stage computed in (bf16 falls back to fp32 on some CPUs)
+              "precision": summary.get("precision"), "device": summary.get("device"), **body}
     if stage.kind == "pretrain":
         # what pretraining cost when it ran; a study that reuses it from the cache reports this figure
         result["pretrain_minutes"] = result["minutes_this_call"]

@@ -23,7 +23,7 @@ import torch
 
 from tokenunify.errors import ConfigError
 
-__all__ = ["autocast", "cpu_has_fast_bf16", "effective_bf16", "resolve_device"]
+__all__ = ["autocast", "cpu_has_fast_bf16", "effective_bf16", "precision", "resolve_device"]
 
 
 def resolve_device(name: str = "auto", world_size: int = 1) -> torch.device:
@@ -77,6 +77,11 @@ def effective_bf16(device: torch.device, requested: bool) -> bool:
         return requested
     _warn_cpu_fp32()
     return False
+
+
+def precision(device: torch.device, requested_bf16: bool) -> str:
+    """"bf16" or "fp32": what a run asking for `requested_bf16` on `device` computes in (for its records)."""
+    return "bf16" if effective_bf16(device, requested_bf16) else "fp32"
 
 
 @functools.cache
