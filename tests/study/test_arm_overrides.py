@@ -82,6 +82,9 @@ def test_the_investigation_config_extends_the_default(monkeypatch):
     # every investigation arm pretrains differently from the default TokenUnify arm, except the encoder-rate arm
     pre = [s for s in stages if s.kind == "pretrain"]
     assert len(pre) == len({s.arm for s in pre}) == sum(1 for a in study.arms if a.pretrained) - 1
+    steps = {s.arm: s.settings.train.steps for s in pre}
+    # 4x the 2026-12-02 study's 400 steps, as the default now pretrains; twice the other arms'
+    assert steps["tokenunify_4x"] == 2 * steps["tokenunify"] == default.pretrain.train.steps == 1600
 
 
 def test_the_report_lists_each_arms_overrides():
