@@ -85,10 +85,10 @@ def test_extends_chain_is_relative_to_each_file(tmp_path):
 def test_extends_errors_name_the_file(tmp_path):
     (tmp_path / "a.yaml").write_text("extends: b.yaml\n")
     (tmp_path / "b.yaml").write_text("extends: a.yaml\n")
-    with pytest.raises(ConfigError, match="cycle"):
+    with pytest.raises(ConfigError, match="[ab].yaml: `extends: [ab].yaml` makes a cycle"):
         load_yaml(tmp_path / "a.yaml")
     (tmp_path / "c.yaml").write_text("extends: missing.yaml\n")
-    with pytest.raises(ConfigError, match="missing.yaml: no such config file"):
+    with pytest.raises(ConfigError, match="c.yaml: `extends: missing.yaml` names no config file"):
         load_yaml(tmp_path / "c.yaml")
     (tmp_path / "d.yaml").write_text("extends: [x.yaml]\n")
     with pytest.raises(ConfigError, match="d.yaml: `extends` must name one config file"):

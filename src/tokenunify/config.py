@@ -53,6 +53,8 @@ def load_yaml(path: str | Path, _seen: tuple[Path, ...] = ()) -> dict[str, Any]:
     base_path = path.parent / base_name
     if base_path.resolve() in {p.resolve() for p in (*_seen, path)}:
         raise ConfigError(f"{path}: `extends: {base_name}` makes a cycle of configs")
+    if not base_path.is_file():
+        raise ConfigError(f"{path}: `extends: {base_name}` names no config file ({base_path} does not exist)")
     return merge(load_yaml(base_path, (*_seen, path)), loaded)
 
 

@@ -147,7 +147,7 @@ def test_study_runs_resumes_and_reports(data, monkeypatch):
     assert "| scarce | tokenunify | 1 |" in (data / "report" / "results.md").read_text()
     text = (data / "report" / "results.md").read_text()
     assert "| scarce | tokenunify | scratch | 1 |" in text and "n/a (one seed)" in text  # paired, one seed
-    assert "| pretrain/mae/tiny/s0 | mae | 2 |" in text and "ran in this study" in text
+    assert "| pretrain/mae/tiny/s0 | mae | mae | 2 |" in text and "ran in this study" in text
     assert {(p["arm"], p["ref"]) for p in on_disk["paired"]} >= {("tokenunify", "scratch"), ("tokenunify", "mae")}
     # cross-fitted and held-out scores reach every run, and the arms are compared on the cross-fitted VOI
     for r in on_disk["runs"]:
@@ -307,6 +307,15 @@ def test_pretraining_is_paid_once(data, monkeypatch, tmp_path):
                                            "steps": r["steps"], "minutes": r["pretrain_minutes"],
                                            "cached_from": r.get("cached_from")} for r in second]}
     assert any("reused from the cache" in line for line in _pretraining_lines(report))
+    # the same pretraining under another arm's name is reused, and labelled with this study's arm
+    renamed = _raw(data, out_dir=str(tmp_path / "d"), pretrain_cache=str(tmp_path / "cache"))
+    renamed["arms"][1]["name"] = "random_only"
+    config_d = tmp_path / "d.yaml"
+    config_d.write_text(yaml.safe_dump(renamed))
+    stages_d = [s for s in plan_study(load_study(config_d, [], False)) if s.kind == "pretrain"]
+    third = runner.run_study(tmp_path / "d", stages_d, progress=False, cache=tmp_path / "cache")
+    assert [(r["arm"], r["cached_arm"], r["key"]) for r in third] == [
+        ("random_only", "mae", "pretrain/random_only/tiny/s0"), ("tokenunify", "tokenunify", "pretrain/tokenunify/tiny/s0")]
     # a changed pretraining config is a new key: it must run
     _, stages_c = pretraining(f"out_dir={tmp_path / 'c'}", "pretrain.train.steps=3")
     with pytest.raises(AssertionError, match="ran again"):

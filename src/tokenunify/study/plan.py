@@ -4,9 +4,9 @@ Every stage has a key that is also its folder under the study's `out_dir`, so
 a stage is found again after a crash and its checkpoints stay available for
 re-evaluation or continuation. Arms differ in the pretraining schedule, the
 network, and whatever their own `pretrain_overrides` / `finetune_overrides`
-change; otherwise the fine-tuning config of a (budget, seed) pair is the
-same for every arm except for `init`. Arms whose pretraining configs are
-identical share one pretraining stage (the first such arm's).
+/ steps scales change; otherwise the fine-tuning config of a (budget, seed)
+pair is the same for every arm except for `init`. An arm with
+`pretrain_from` shares the named arm's pretraining stage.
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Literal, TypeVar
 
 from tokenunify.config import apply_overrides, from_dict, to_dict
+from tokenunify.errors import ConfigError
 from tokenunify.finetune.settings import TrainSettings
 from tokenunify.pretrain.settings import PretrainSettings
 from tokenunify.study.settings import ArmSettings, StudySettings
@@ -73,11 +74,15 @@ def _overridden(settings: RunSettings, overrides: list[str], where: str) -> RunS
     """A copy of `settings` with an arm's `key=value` overrides applied (checked like a config file)."""
     if not overrides:
         return copy.deepcopy(settings)
-    return from_dict(type(settings), apply_overrides(to_dict(settings), overrides), where)
+    try:
+        return from_dict(type(settings), apply_overrides(to_dict(settings), overrides), where)
+    except ConfigError as err:
+        raise ConfigError(f"{where}: {err}" if not str(err).startswith(where) else str(err)) from None
 
 
 def _pretrain_settings(study: StudySettings, arm: ArmSettings, preset: str, seed: int, root: Path) -> PretrainSettings:
     s = _overridden(study.pretrain, arm.pretrain_overrides, f"arms.{arm.name}.pretrain_overrides")
+    s.train.steps = arm.pretrain_steps(s.train.steps)
     s.schedule = copy.deepcopy(arm.schedule)
     s.model.preset = preset
     s.train.seed = seed
@@ -86,7 +91,8 @@ def _pretrain_settings(study: StudySettings, arm: ArmSettings, preset: str, seed
 
 
 def _finetune_settings(study: StudySettings, arm: ArmSettings, preset: str, budget: str, seed: int,
-                       init: Path | None, root: Path, validate_every: int) -> TrainSettings:
+                       init: Path | None, root: Path, curve_every: int | None) -> TrainSettings:
+    """The run's fine-tuning config; it validates every `curve_every` steps, or only at its end (None)."""
     s = _overridden(study.finetune, arm.finetune_overrides, f"arms.{arm.name}.finetune_overrides")
     s.model.name = arm.network
     s.train.steps = arm.finetune_steps(s.train.steps)
@@ -96,53 +102,49 @@ def _finetune_settings(study: StudySettings, arm: ArmSettings, preset: str, budg
     s.model.anisotropic = study.pretrain.model.anisotropic
     s.data.train_z = next(b.train_z for b in study.budgets if b.name == budget)
     s.train.seed = seed
-    s.train.val_every = validate_every
+    s.train.val_every = curve_every or s.train.steps
     s.init = None if init is None else str(init)
     s.init_allow_mismatch = False
     s.out_dir = str(root / finetune_key(arm.name, preset, budget, seed))
     return s
 
 
-def _same_run(a: PretrainSettings | TrainSettings, b: PretrainSettings | TrainSettings) -> bool:
-    """Whether two runs' configs agree in everything but their folder."""
-    da, db = to_dict(a), to_dict(b)
-    da.pop("out_dir", None)
-    db.pop("out_dir", None)
-    return da == db
-
-
 def plan_study(study: StudySettings) -> list[Stage]:
-    """All stages in run order: pretraining first, then the main table, then the scaling runs."""
+    """All stages in run order: pretraining first, then the main table, then the scaling runs.
+
+    An arm with `pretrain_from` gets no pretraining stage: its fine-tuning
+    starts from the named arm's, so its stage keys and fingerprints do not
+    depend on the order of the arms.
+    """
     root = Path(study.out_dir)
     main_preset = study.pretrain.model.preset
     pretrain_seeds = study.seeds if study.pretrain_per_seed else study.seeds[:1]
     stages: list[Stage] = []
-    pretrained: dict[tuple[str, str, int], str] = {}
+
+    def source(arm: ArmSettings) -> ArmSettings:
+        return study.arm(arm.pretrain_from) if arm.pretrain_from else arm
 
     def add_pretraining(arm: ArmSettings, preset: str, seed: int, part: str) -> None:
         key = pretrain_key(arm.name, preset, seed)
-        settings = _pretrain_settings(study, arm, preset, seed, root)
-        same = next((s.key for s in stages if s.kind == "pretrain" and _same_run(s.settings, settings)), None)
-        if same is None:
-            stages.append(Stage(key, "pretrain", arm.name, preset, seed, settings, part=part))
-        pretrained[(arm.name, preset, seed)] = same or key
+        if key not in {s.key for s in stages}:
+            stages.append(Stage(key, "pretrain", arm.name, preset, seed,
+                                _pretrain_settings(study, arm, preset, seed, root), part=part))
 
-    for arm in (a for a in study.arms if a.pretrained):
+    for arm in (a for a in study.arms if a.schedule is not None):
         for seed in pretrain_seeds:
             add_pretraining(arm, main_preset, seed, "main")
     for preset in study.scaling.presets:
-        for arm in (study.arm(n) for n in study.scaling.arms if study.arm(n).pretrained):
+        for arm in dict.fromkeys(source(study.arm(n)).name for n in study.scaling.arms if study.arm(n).pretrained):
             for seed in (study.scaling.seeds if study.pretrain_per_seed else study.scaling.seeds[:1]):
-                add_pretraining(arm, preset, seed, "scaling")
+                add_pretraining(study.arm(arm), preset, seed, "scaling")
 
     def add_finetuning(arm: ArmSettings, preset: str, budget: str, seed: int, part: str) -> None:
         needs = None
         if arm.pretrained:
             pseed = seed if study.pretrain_per_seed else (study.seeds[0] if part == "main" else study.scaling.seeds[0])
-            needs = pretrained[(arm.name, preset, pseed)]
+            needs = pretrain_key(source(arm).name, preset, pseed)
         init = None if needs is None else root / needs / "checkpoints" / "last.pt"
-        steps = arm.finetune_steps(study.finetune.train.steps)
-        every = study.curve.every if (arm.name in study.curve.arms and part == "main") else steps
+        every = study.curve.every if (arm.name in study.curve.arms and part == "main") else None
         settings = _finetune_settings(study, arm, preset, budget, seed, init, root, every)
         stages.append(Stage(finetune_key(arm.name, preset, budget, seed), "finetune", arm.name, preset, seed,
                             settings, budget=budget, needs=needs, part=part))

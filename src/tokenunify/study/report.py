@@ -153,11 +153,20 @@ def _pretraining_lines(report: dict[str, Any]) -> list[str]:
     rows = report.get("pretraining") or []
     if not rows:
         return []
-    lines = ["## Pretraining", "", "| stage | arm | steps | tokens | minutes | source |", "|---|---|---:|---:|---:|---|"]
+    lines = ["## Pretraining", "", "| stage | arm | fine-tuned by | steps | tokens | minutes | source |",
+             "|---|---|---|---:|---:|---:|---|"]
     for r in rows:
         source = f"reused from the cache `{r['cached_from']}`" if r["cached_from"] else "ran in this study"
-        lines.append(f"| {r['stage']} | {r['arm']} | {r['steps']} | {r['tokens']:,} | {r['minutes']:.1f} | {source} |")
+        used = ", ".join(r.get("used_by") or [r["arm"]])
+        lines.append(f"| {r['stage']} | {r['arm']} | {used} | {r['steps']} | {r['tokens']:,} | {r['minutes']:.1f} | "
+                     f"{source} |")
     return [*lines, ""]
+
+
+def _differs(config: dict[str, Any]) -> bool:
+    """Whether some arm changes the shared pretraining or fine-tuning config (overrides, steps scales)."""
+    return any(a.get("pretrain_overrides") or a.get("finetune_overrides") or a.get("pretrain_steps_scale", 1.0) != 1.0
+               for a in config.get("arms") or [])
 
 
 def _budget_note(config: dict[str, Any]) -> str:
@@ -174,9 +183,11 @@ def _budget_note(config: dict[str, Any]) -> str:
         recipe.append(f"encoder lr x {fine['encoder_lr_scale']:g}")
     if fine.get("encoder_frozen_steps"):
         recipe.append(f"encoder frozen for the first {fine['encoder_frozen_steps']} steps")
+    same = ("the same for every arm except where an arm's overrides below say otherwise" if _differs(config)
+            else "the same for every arm, scratch included")
     return (f"Budget: pretraining {pre['steps']} steps of {shape(pre)} per pretrained arm; fine-tuning "
-            f"{fine['steps']} steps of {shape(fine)} per TokenUnify-network run ({', '.join(recipe)}; the same "
-            "for every arm, scratch included; an arm with a `finetune_steps_scale` trains that many times as "
+            f"{fine['steps']} steps of {shape(fine)} per TokenUnify-network run ({', '.join(recipe)}; {same}; "
+            "an arm with a `finetune_steps_scale` or `pretrain_steps_scale` trains that many times as "
             "long, see the config below); minutes per run in the table.")
 
 
@@ -194,6 +205,10 @@ def _override_lines(config: dict[str, Any]) -> list[str]:
     for arm in config.get("arms") or []:
         changes = [f"{part} `{', '.join(arm[key])}`" for part, key in
                    (("pretraining", "pretrain_overrides"), ("fine-tuning", "finetune_overrides")) if arm.get(key)]
+        if arm.get("pretrain_steps_scale", 1.0) != 1.0:
+            changes.append(f"pretraining steps (x {arm['pretrain_steps_scale']:g})")
+        if arm.get("pretrain_from"):
+            changes.append(f"pretraining (none of its own: it fine-tunes from `{arm['pretrain_from']}`'s)")
         if changes:
             lines.append(f"- `{arm['name']}` differs from the shared config in its {' and its '.join(changes)}")
     return ["Arms with their own overrides:", "", *lines, ""] if lines else []
@@ -291,7 +306,9 @@ def write_report(study: StudySettings, results: Sequence[dict[str, Any]], meta: 
         "tokens_seen": {r["key"]: r["tokens_seen"] for r in results if r["kind"] == "pretrain"},
         "pretraining": [{"stage": r["key"], "arm": r["arm"], "tokens": r["tokens_seen"], "steps": r["steps"],
                          "minutes": r.get("pretrain_minutes", r["minutes_this_call"]),
-                         "cached_from": r.get("cached_from")} for r in results if r["kind"] == "pretrain"],
+                         "cached_from": r.get("cached_from"),
+                         "used_by": [a.name for a in study.arms if r["arm"] in (a.name, a.pretrain_from)]}
+                        for r in results if r["kind"] == "pretrain"],
         "all_finite": agg.all_finite(rows),
         # stages from before precision was recorded count as "not recorded"
         "precision": dict(Counter(r.get("precision") or "not recorded" for r in results)),

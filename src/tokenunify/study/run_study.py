@@ -14,7 +14,7 @@ from typing import Any
 import yaml
 
 from tokenunify.config import apply_overrides, from_dict, load_yaml, to_dict
-from tokenunify.errors import TokenUnifyError
+from tokenunify.errors import ConfigError, TokenUnifyError
 from tokenunify.study.plan import plan_study
 from tokenunify.study.report import write_report
 from tokenunify.study.runner import read_result, run_study
@@ -26,11 +26,28 @@ class StudyCheckError(TokenUnifyError):
 
 
 def load_study(config: Path, overrides: list[str], quick: bool) -> StudySettings:
-    """Config, then (with `quick`) its `quick` overrides, then the command line's."""
+    """Config, then (with `quick`) its `quick` overrides, then the command line's; the plan is checked here.
+
+    Under `quick`, `out_dir` becomes `<out_dir>_quick` and `report_dir`
+    `<out_dir>_quick/report` unless the `quick` list sets them, so a quick
+    run never mixes with (or overwrites) its full study, whichever config
+    it comes from.
+    """
     raw = load_yaml(config)
     if quick:
-        raw = apply_overrides(raw, [str(o) for o in raw.get("quick") or []])
-    return from_dict(StudySettings, apply_overrides(raw, overrides), str(config))
+        listed = [str(o) for o in raw.get("quick") or []]
+        raw = apply_overrides(raw, listed)
+        keys = {o.split("=", 1)[0].strip() for o in listed}
+        if "out_dir" not in keys:
+            raw["out_dir"] = f"{raw.get('out_dir', StudySettings.out_dir)}_quick"
+        if "report_dir" not in keys:
+            raw["report_dir"] = f"{raw['out_dir']}/report"
+    settings = from_dict(StudySettings, apply_overrides(raw, overrides), str(config))
+    try:
+        plan_study(settings)  # an arm's overrides are checked when its runs' configs are built
+    except ConfigError as err:
+        raise ConfigError(f"{config}: {err}") from None
+    return settings
 
 
 def git_commit() -> str:

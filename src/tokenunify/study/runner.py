@@ -132,6 +132,9 @@ def _from_cache(root: Path, stage: Stage, cache: Path | None, log: Callable[[str
     result = fetch(cache, key, root / stage.key)
     if result is None:
         return None
+    # the cached run may have been another study's arm of another name: this study's labels, its origin beside them
+    result.update({"cached_arm": result.get("arm"), "arm": stage.arm, "preset": stage.preset, "seed": stage.seed,
+                   "budget": stage.budget, "part": stage.part})
     result.update({"key": stage.key, "cached_from": str(cache / key), "minutes_this_call": 0.0,
                    "checkpoint": str(root / stage.key / "checkpoints" / "last.pt")})
     write_text_atomic(root / stage.key / RESULT, json.dumps(result, indent=1, default=float))

@@ -18,49 +18,83 @@ from tokenunify.pretrain.settings import PretrainSettings
 SCRATCH = "scratch"
 
 
+# Keys of the pretraining / fine-tuning configs the study sets for every run
+# itself (the arm's schedule, preset, seed, folder, initialisation, and the
+# network, which pretraining and fine-tuning must share): an arm override of
+# one of them would be overwritten or would break the checkpoint hand-over.
+PRETRAIN_FIXED = ("schedule", "model", "train.seed", "out_dir")
+FINETUNE_FIXED = ("model.name", "model.preset", "model.mixer", "model.full_res", "model.anisotropic", "model.patch",
+                  "data.train_z", "train.seed", "train.val_every", "init", "init_allow_mismatch", "out_dir")
+
+
+def _fixed_keys(overrides: list[str], fixed: tuple[str, ...]) -> list[str]:
+    keys = [o.split("=", 1)[0].strip() for o in overrides]
+    return [k for k in keys if any(k == f or k.startswith(f + ".") for f in fixed)]
+
+
 @dataclass
 class ArmSettings:
-    """One arm: a name, its pretraining schedule (none: trained from scratch) and its network.
+    """One arm: a name, its pretraining (none: trained from scratch) and its network.
 
     `network: unet` is the field's baseline, the project's U-Net trained from
     scratch (no schedule allowed); `finetune_steps_scale` multiplies the
     study's fine-tuning steps for this arm (rounded), so that a network with
     a cheaper step gets the same wall-clock minutes as the others
-    (docs/study.md), under `--quick` too.
+    (docs/study.md), under `--quick` too; `pretrain_steps_scale` does the
+    same for the arm's pretraining steps.
 
     `pretrain_overrides` and `finetune_overrides` are `key=value` overrides
     (as on the command line) of the study's pretraining and fine-tuning
-    configs for this arm alone: the investigation arms of
-    configs/study_fib_investigate.yaml vary pretraining length, mask ratio
-    or the encoder's learning rate this way. Arms whose pretraining configs
-    come out identical share one pretraining stage.
+    configs for this arm alone (not of the keys the study sets per run, see
+    `PRETRAIN_FIXED` and `FINETUNE_FIXED`). `pretrain_from: other` fine-tunes
+    from arm `other`'s pretraining instead of pretraining again: the
+    encoder-rate arm of configs/study_fib_investigate.yaml is
+    `{pretrain_from: tokenunify, finetune_overrides: [train.encoder_lr_scale=0.3]}`.
     """
 
     name: str = ""
     schedule: ScheduleSettings | None = None
     network: Literal["tokenunify", "unet"] = "tokenunify"
     finetune_steps_scale: float = 1.0
+    pretrain_steps_scale: float = 1.0
     pretrain_overrides: list[str] = field(default_factory=list)
     finetune_overrides: list[str] = field(default_factory=list)
+    pretrain_from: str = ""
 
     def __post_init__(self) -> None:
-        if self.network == "unet" and self.schedule is not None:
+        if self.network == "unet" and self.pretrained:
             raise ValueError(f"arm {self.name!r}: a unet arm trains from scratch; it takes no pretraining schedule")
-        if self.pretrain_overrides and self.schedule is None:
-            raise ValueError(f"arm {self.name!r}: pretrain_overrides need a pretraining schedule")
+        if self.pretrain_from and (self.schedule is not None or self.pretrain_overrides
+                                   or self.pretrain_steps_scale != 1.0):
+            raise ValueError(f"arm {self.name!r}: an arm with pretrain_from uses that arm's pretraining; it takes "
+                             "no schedule, pretrain_overrides or pretrain_steps_scale of its own")
+        if (self.pretrain_overrides or self.pretrain_steps_scale != 1.0) and self.schedule is None:
+            raise ValueError(f"arm {self.name!r}: pretrain_overrides and pretrain_steps_scale need a pretraining schedule")
         bad = [o for o in (*self.pretrain_overrides, *self.finetune_overrides) if "=" not in o]
         if bad:
             raise ValueError(f"arm {self.name!r}: override(s) {bad} are not of the form key=value")
-        if self.finetune_steps_scale <= 0:
-            raise ValueError(f"arm {self.name!r}: finetune_steps_scale must be > 0, got {self.finetune_steps_scale}")
+        for where, overrides, fixed in (("pretrain_overrides", self.pretrain_overrides, PRETRAIN_FIXED),
+                                        ("finetune_overrides", self.finetune_overrides, FINETUNE_FIXED)):
+            if _fixed_keys(overrides, fixed):
+                raise ValueError(f"arm {self.name!r}: {where} may not set {', '.join(_fixed_keys(overrides, fixed))}; "
+                                 f"the study sets {', '.join(fixed)} for every run itself")
+        for what, scale in (("finetune_steps_scale", self.finetune_steps_scale),
+                            ("pretrain_steps_scale", self.pretrain_steps_scale)):
+            if scale <= 0:
+                raise ValueError(f"arm {self.name!r}: {what} must be > 0, got {scale}")
 
     def finetune_steps(self, steps: int) -> int:
         """This arm's fine-tuning steps when the study's are `steps`."""
         return max(1, round(steps * self.finetune_steps_scale))
 
+    def pretrain_steps(self, steps: int) -> int:
+        """This arm's pretraining steps when the study's are `steps`."""
+        return max(1, round(steps * self.pretrain_steps_scale))
+
     @property
     def pretrained(self) -> bool:
-        return self.schedule is not None
+        """Whether the arm fine-tunes from a pretraining (its own or `pretrain_from`'s)."""
+        return self.schedule is not None or bool(self.pretrain_from)
 
 
 @dataclass
@@ -144,6 +178,11 @@ class StudySettings:
             unknown = sorted(set(listed) - set(names))
             if unknown:
                 raise ValueError(f"{where} names unknown arm(s) {', '.join(unknown)}; arms: {', '.join(names)}")
+        for arm in (a for a in self.arms if a.pretrain_from):
+            source = next((a for a in self.arms if a.name == arm.pretrain_from), None)
+            if source is None or source.schedule is None:
+                raise ValueError(f"arm {arm.name!r}: pretrain_from names {arm.pretrain_from!r}, which is not an arm "
+                                 "with a pretraining schedule of its own")
         unets = sorted(set(self.scaling.arms) & {a.name for a in self.arms if a.network == "unet"})
         if self.scaling.presets and unets:
             raise ValueError(f"scaling.arms names unet arm(s) {', '.join(unets)}; scaling varies TokenUnify presets")
