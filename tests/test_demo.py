@@ -23,3 +23,15 @@ def test_tokenunify_demo_pretrains_finetunes_and_compares(tmp_path, capsys):
     assert (tmp_path / "demo" / "report" / "results.md").exists()
     previews = list((tmp_path / "demo" / "study" / "finetune").glob("*/*/*/s0/val_preview.png"))
     assert len(previews) == 2
+
+
+def test_a_bad_demo_override_fails_before_anything_is_written(tmp_path):
+    import pytest
+
+    from tokenunify.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="not of the form key=value"):
+        run_tokenunify_demo(tmp_path / "demo", progress=False, overrides=["/some/folder"])
+    with pytest.raises(ConfigError, match="demo overrides.pretrain.train: unknown key.*stepz"):
+        run_tokenunify_demo(tmp_path / "demo", progress=False, overrides=["pretrain.train.stepz=3"])
+    assert not (tmp_path / "demo").exists()

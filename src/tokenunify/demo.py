@@ -23,7 +23,7 @@ from typing import Any
 
 import yaml
 
-from tokenunify.config import from_dict
+from tokenunify.config import apply_overrides, from_dict
 from tokenunify.data.synthetic import make_synthetic_volume
 from tokenunify.errors import OutputError
 from tokenunify.evaluate.sweep import format_markdown_table
@@ -59,9 +59,19 @@ def run_tokenunify_demo(out: Path, overwrite: bool = False, progress: bool = Tru
                         overrides: Sequence[str] = ()) -> dict[str, Any]:
     """Pretrain, fine-tune and segment with and without pretraining on synthetic EM; returns the study report."""
     from tokenunify.study.run_study import study
+    from tokenunify.study.settings import StudySettings
 
-    out = _fresh_folder(out, overwrite)
+    out = Path(out)
     data = out / "data.h5"
+    raw = yaml.safe_load(resources.files("tokenunify.configs").joinpath("demo_study.yaml").read_text())
+    raw["pretrain"]["data"] = {"volumes": [f"{data}:unlabelled_a/raw", f"{data}:unlabelled_b/raw"]}
+    raw["finetune"]["data"] = {"raw": f"{data}:labelled/raw", "labels": f"{data}:labelled/labels",
+                               "val_z": list(TOKENUNIFY_VAL_Z)}
+    raw["budgets"][0]["train_z"] = list(TOKENUNIFY_TRAIN_Z)
+    raw.update(out_dir=str(out / "study"), report_dir=str(out / "report"), pretrain_cache="")
+    # a bad override fails here, before the folder is touched or any data is made
+    from_dict(StudySettings, apply_overrides(raw, list(overrides)), "demo overrides")
+    out = _fresh_folder(out, overwrite)
     print(f"1/4 synthetic EM at {DEMO_VOXEL} nm: two unlabelled volumes {DEMO_SHAPE}, one labelled "
           f"{TOKENUNIFY_LABELLED} (training on z {TOKENUNIFY_TRAIN_Z[0]}-{TOKENUNIFY_TRAIN_Z[1] - 1} only)")
     for name, seed in (("unlabelled_a", 11), ("unlabelled_b", 12)):
@@ -71,12 +81,6 @@ def run_tokenunify_demo(out: Path, overwrite: bool = False, progress: bool = Tru
                                 misalignment_prob=0.03)
     write_volume(f"{data}:labelled/raw", vol.raw, vol.voxel_size)
     write_volume(f"{data}:labelled/labels", vol.labels, vol.voxel_size)
-    raw = yaml.safe_load(resources.files("tokenunify.configs").joinpath("demo_study.yaml").read_text())
-    raw["pretrain"]["data"] = {"volumes": [f"{data}:unlabelled_a/raw", f"{data}:unlabelled_b/raw"]}
-    raw["finetune"]["data"] = {"raw": f"{data}:labelled/raw", "labels": f"{data}:labelled/labels",
-                               "val_z": list(TOKENUNIFY_VAL_Z)}
-    raw["budgets"][0]["train_z"] = list(TOKENUNIFY_TRAIN_Z)
-    raw.update(out_dir=str(out / "study"), report_dir=str(out / "report"), pretrain_cache="")
     config = out / "demo_study.yaml"
     config.write_text(yaml.safe_dump(raw, sort_keys=False))
     print(f"2/4 pretraining the TokenUnify network ({raw['pretrain']['model']['preset']}, "
