@@ -74,10 +74,11 @@ def _overridden(settings: RunSettings, overrides: list[str], where: str) -> RunS
     """A copy of `settings` with an arm's `key=value` overrides applied (checked like a config file)."""
     if not overrides:
         return copy.deepcopy(settings)
-    try:
-        return from_dict(type(settings), apply_overrides(to_dict(settings), overrides), where)
+    try:  # from_dict names `where` itself; apply_overrides does not
+        raw = apply_overrides(to_dict(settings), overrides)
     except ConfigError as err:
-        raise ConfigError(f"{where}: {err}" if not str(err).startswith(where) else str(err)) from None
+        raise ConfigError(f"{where}: {err}") from None
+    return from_dict(type(settings), raw, where)
 
 
 def _pretrain_settings(study: StudySettings, arm: ArmSettings, preset: str, seed: int, root: Path) -> PretrainSettings:

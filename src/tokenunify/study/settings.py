@@ -75,8 +75,9 @@ class ArmSettings:
             raise ValueError(f"arm {self.name!r}: override(s) {bad} are not of the form key=value")
         for where, overrides, fixed in (("pretrain_overrides", self.pretrain_overrides, PRETRAIN_FIXED),
                                         ("finetune_overrides", self.finetune_overrides, FINETUNE_FIXED)):
-            if _fixed_keys(overrides, fixed):
-                raise ValueError(f"arm {self.name!r}: {where} may not set {', '.join(_fixed_keys(overrides, fixed))}; "
+            clashes = _fixed_keys(overrides, fixed)
+            if clashes:
+                raise ValueError(f"arm {self.name!r}: {where} may not set {', '.join(clashes)}; "
                                  f"the study sets {', '.join(fixed)} for every run itself")
         for what, scale in (("finetune_steps_scale", self.finetune_steps_scale),
                             ("pretrain_steps_scale", self.pretrain_steps_scale)):
