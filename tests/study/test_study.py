@@ -160,6 +160,9 @@ def test_study_runs_resumes_and_reports(data, monkeypatch):
     # the config asks for fp32, and every stage says what it computed in
     assert on_disk["precision"] == {"fp32": 8} and "Precision of the finished stages: fp32 8." in text
     assert "Arms with their own overrides" not in text
+    # training minutes (steps alone) are measured per run and are part of its wall minutes
+    assert all(0 < r["train_minutes"] <= r["minutes"] for r in on_disk["runs"])
+    assert "Equal minutes" not in text  # no arm of another network
 
     # A rerun trains nothing: every stage is found finished.
     def must_not_run(*args, **kwargs):
@@ -355,3 +358,31 @@ def test_paired_differences_and_their_bootstrap():
     got = agg.bootstrap_interval(values)
     assert got == pytest.approx((np.percentile(loop, 2.5), np.percentile(loop, 97.5)))
     assert agg.bootstrap_interval([1.0, 1.0, 1.0]) == (1.0, 1.0)
+
+
+def test_training_minutes_come_from_the_step_seconds(tmp_path):
+    metrics = tmp_path / "metrics.jsonl"
+    assert runner.train_minutes(metrics) is None
+    rows = [{"step": 1, "loss": 1.0, "seconds": 30.0}, {"step": 2, "loss": 0.9, "seconds": 90.0},
+            {"val": {"step": 2, "voi": 1.0}}]
+    metrics.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    assert runner.train_minutes(metrics) == pytest.approx(2.0)
+
+
+def test_equal_minutes_note_checks_the_other_network():
+    from tokenunify.study.report_sections import equal_minutes_note
+
+    def report(unet_minutes):
+        summary = [{"budget": "scarce", "arm": "scratch", "train_minutes_mean": 4.0},
+                   {"budget": "scarce", "arm": "tokenunify", "train_minutes_mean": 4.2},
+                   {"budget": "scarce", "arm": "unet", "train_minutes_mean": unet_minutes}]
+        arms = [{"name": "scratch"}, {"name": "tokenunify"},
+                {"name": "unet", "network": "unet", "finetune_steps_scale": 1.5}]
+        return {"summary": summary, "meta": {"config": {"arms": arms}}}
+
+    same = "\n".join(equal_minutes_note(report(4.4)))
+    assert "4.40 min per run against scratch's 4.00 (1.10x): the same minutes within 15%" in same
+    # 2.0 min against 4.0: the steps should have been doubled, 1.5 -> 3.0
+    off = "\n".join(equal_minutes_note(report(2.0)))
+    assert "(0.50x): **not** the same minutes" in off and "`finetune_steps_scale: 3.00`" in off
+    assert equal_minutes_note(report(None)) == []

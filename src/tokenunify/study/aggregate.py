@@ -36,7 +36,7 @@ def run_rows(results: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
                      "init_loaded": r["init_loaded"], **{m: float(r["final"][m]) for m in METRICS},
                      # spread of the VOI over the jittered copies of the affinities (None: one copy)
                      "eval_voi_std": r["final"].get("voi_std"), "eval_draws": r["final"].get("draws", 1),
-                     "minutes": r.get("minutes_this_call"),
+                     "minutes": r.get("minutes_this_call"), "train_minutes": r.get("train_minutes"),
                      **_optional(r["final"].get("cross_fit"), "cf_"), **_optional(r.get("test"), "test_")})
     return rows
 
@@ -72,6 +72,8 @@ def summarize(rows: Sequence[dict[str, Any]], arms: Sequence[str], budgets: Sequ
                     entry[f"{m}_mean"], entry[f"{m}_std"] = mean_std([r[m] for r in picked])
             minutes = [r["minutes"] for r in picked if r.get("minutes") is not None]
             entry["finetune_minutes_mean"] = float(np.mean(minutes)) if minutes else None
+            train = [r["train_minutes"] for r in picked if r.get("train_minutes") is not None]
+            entry["train_minutes_mean"] = float(np.mean(train)) if len(train) == len(picked) else None
             group[arm] = entry
         key = headline(rows)
         for entry in group.values():

@@ -24,6 +24,7 @@ from tokenunify.io.atomic import write_text_atomic
 from tokenunify.report.plots import save_figure
 from tokenunify.study import aggregate as agg
 from tokenunify.study.report_sections import (
+    equal_minutes_note,
     main_table,
     protocol_note,
     steps_to_match_lines,
@@ -238,7 +239,8 @@ def markdown(report: dict[str, Any]) -> str:
               f"tokens per pretraining stage: {', '.join(f'{k}: {v:,}' for k, v in report['tokens_seen'].items()) or 'none'}. "
               f"{_budget_note(meta['config'])} {_precision_note(report)}", "", *_override_lines(meta["config"]),
               *protocol_note(report), *test_volume_note(report), *_evaluation_note(report), *main_table(report)]
-    lines += ["", f"![VOI and ARAND per arm]({FIGURES['voi']})", "", *_paired_lines(report),
+    lines += ["", *equal_minutes_note(report), f"![VOI and ARAND per arm]({FIGURES['voi']})", "",
+              *_paired_lines(report),
               *_pretraining_lines(report), "## Target", ""]
     for c in report["target"]:
         parts = []

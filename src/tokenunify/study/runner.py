@@ -50,6 +50,19 @@ def fingerprint(stage: Stage) -> str:
     return hashlib.sha256(json.dumps(config, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
+def train_minutes(metrics: Path) -> float | None:
+    """Minutes spent in training steps alone (the sum of the per-step seconds in `metrics.jsonl`).
+
+    A run's wall minutes also hold its validations, which differ between arms
+    (curve arms validate more often); equal training time is judged on this.
+    None when the file is missing.
+    """
+    if not metrics.exists():
+        return None
+    rows = (json.loads(line) for line in metrics.read_text().splitlines() if line.strip())
+    return sum(float(r["seconds"]) for r in rows if "seconds" in r) / 60
+
+
 def read_result(root: Path, stage: Stage) -> dict[str, Any] | None:
     """The stage's result if it finished with the same config; raises OutputError if the config differs."""
     path = root / stage.key / RESULT
@@ -59,6 +72,9 @@ def read_result(root: Path, stage: Stage) -> dict[str, Any] | None:
     if result.get("fingerprint") != fingerprint(stage):
         raise OutputError(path, "this study folder holds a finished run with a different config; "
                                 "use another out_dir, or delete that folder to rerun it")
+    if stage.kind == "finetune" and "train_minutes" not in result:
+        # written before the field existed: the run's own metrics still hold it
+        result["train_minutes"] = train_minutes(RunFolder(root / stage.key).metrics)
     return result
 
 
@@ -99,7 +115,7 @@ def run_stage(root: Path, stage: Stage, progress: bool, device: str = "auto",
     else:
         summary = train(stage.settings, resume=resume, progress=progress, device=device)  # type: ignore[arg-type]
         summary["val_history"] = _val_history(folder)
-        body = _finetune_result(summary)
+        body = {**_finetune_result(summary), "train_minutes": train_minutes(folder.metrics)}
     result = {"key": stage.key, "kind": stage.kind, "arm": stage.arm, "preset": stage.preset, "seed": stage.seed,
               "budget": stage.budget, "part": stage.part, "steps": summary["steps"],
               "parameters": summary["parameters"], "minutes_this_call": (time.monotonic() - started) / 60,
