@@ -25,7 +25,7 @@ class SegmentSettings:
     # VOI and ARAND jump when a single merge of two large objects flips, and
     # on a small validation cube such merges sit at a knife edge: uniform
     # noise of +-0.001 on the affinities moved the best VOI of one FIB
-    # checkpoint by up to 0.39 (docs/study.md). With jitter_repeats R > 1
+    # checkpoint by up to 0.39 (docs/study_runs.md). With jitter_repeats R > 1
     # every threshold is scored on the affinities and on R-1 copies jittered
     # by +-jitter (fixed seeds), and the mean over the R copies is reported.
     jitter_repeats: int = 1

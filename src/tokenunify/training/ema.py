@@ -3,7 +3,7 @@
 Fine-tuning at a high learning rate on a few labelled sections makes the
 weights of consecutive checkpoints segment very differently (the FIB study's
 validation VOI moved by 0.3-0.9 between checkpoints 100 steps apart,
-docs/study.md). Evaluating an average of the recent weights instead of the
+docs/study_runs.md). Evaluating an average of the recent weights instead of the
 last iterate removes most of that step-to-step noise without choosing a
 checkpoint on the validation data.
 
