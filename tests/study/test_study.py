@@ -380,9 +380,10 @@ def test_equal_minutes_note_checks_the_other_network():
                 {"name": "unet", "network": "unet", "finetune_steps_scale": 1.5}]
         return {"summary": summary, "meta": {"config": {"arms": arms}}}
 
-    same = "\n".join(equal_minutes_note(report(4.4)))
-    assert "4.40 min per run against scratch's 4.00 (1.10x): the same minutes within 15%" in same
-    # 2.0 min against 4.0: the steps should have been doubled, 1.5 -> 3.0
-    off = "\n".join(equal_minutes_note(report(2.0)))
+    # the reference is the mean of the TokenUnify-network arms, (4.0 + 4.2) / 2
+    same = "\n".join(equal_minutes_note(report(4.51)))
+    assert "4.51 min per run against 4.10 for the TokenUnify-network arms (1.10x): the same minutes within 15%" in same
+    # 2.05 min against 4.1: the steps should have been doubled, 1.5 -> 3.0
+    off = "\n".join(equal_minutes_note(report(2.05)))
     assert "(0.50x): **not** the same minutes" in off and "`finetune_steps_scale: 3.00`" in off
     assert equal_minutes_note(report(None)) == []
