@@ -126,7 +126,13 @@ def test_the_investigation_config_extends_the_default(monkeypatch):
     config = Path(__file__).parents[2] / "configs" / "study_fib_investigate.yaml"
     study = load_study(config, [], quick=False)
     default = load_study(config.parent / "study_fib.yaml", [], quick=False)
-    assert study.finetune == default.finetune and study.budgets == default.budgets
+    assert study.budgets == default.budgets
+    # apart from the fine-tuning length and scorer the investigation ran with, the default's fine-tuning
+    tuned, base = to_dict(study.finetune), to_dict(default.finetune)
+    assert (tuned["train"].pop("steps"), base["train"].pop("steps")) == (400, 800)
+    assert "HistogramQuantileAffinity" in tuned["segment"].pop("scoring")
+    assert "MeanAffinity" in base["segment"].pop("scoring")
+    assert tuned == base
     assert study.out_dir != default.out_dir and study.report_dir != default.report_dir
     stages = plan_study(study)
     # one pretraining per arm with a schedule of its own; the arms that share another's have none
