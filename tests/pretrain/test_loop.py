@@ -105,6 +105,11 @@ def test_fine_tune_from_pretrained(volumes, tmp_path, capsys, monkeypatch):
     assert len(report["loaded"]) > 50
     assert report["fresh"] == ["decoder.head.bias", "decoder.head.weight"]
     assert {"mask_token"} <= set(report["unused"])
+    # a resumed call loads the run's own checkpoint, yet its summary still says what the first call loaded
+    from tokenunify.finetune.train import init_report
+
+    assert init_report(fine) == report
+    assert train(fine, resume=True, progress=False)["init"] == report
     # the fine-tuned run started from the pretrained encoder: its step-0 weights are the checkpoint's
     pre = load_checkpoint(tmp_path / "pre" / "checkpoints" / "last.pt")["model"]
     from tokenunify.finetune.init import load_pretrained

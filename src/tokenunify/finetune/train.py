@@ -148,6 +148,22 @@ def validate(model: torch.nn.Module, data: TrainData, settings: TrainSettings) -
     return {"best": best, "rows": rows}, affs, seg
 
 
+def _load_init(model: torch.nn.Module, settings: TrainSettings) -> dict[str, Any]:
+    return load_pretrained(model, settings.init, allow_mismatch=settings.init_allow_mismatch,
+                           head_prefixes=HEAD_PREFIXES, offsets=settings.model.offsets)
+
+
+def init_report(settings: TrainSettings) -> dict[str, Any] | None:
+    """Which tensors `settings.init` fills in a fresh network of this config (None without `init`).
+
+    The same report the run's first call logged: a resumed run loads its own
+    checkpoint instead, so this rebuilds the fresh network to say it again.
+    """
+    if not settings.init:
+        return None
+    return _load_init(build_model(model_spec(settings)), settings)
+
+
 def train(settings: TrainSettings, resume: bool = False, overwrite: bool = False, progress: bool = True,
           device: str | torch.device = "cpu") -> dict[str, Any]:
     """Train an affinity network as configured on `device` (auto, cpu, cuda[:N]); returns a summary dict."""
@@ -163,8 +179,7 @@ def train(settings: TrainSettings, resume: bool = False, overwrite: bool = False
     def init(model: torch.nn.Module) -> str | None:
         if not settings.init:
             return None
-        reports.append(load_pretrained(model, settings.init, allow_mismatch=settings.init_allow_mismatch,
-                                       head_prefixes=HEAD_PREFIXES, offsets=settings.model.offsets))
+        reports.append(_load_init(model, settings))
         return format_init_report(reports[-1])
 
     def step(ctx: StepContext) -> StepOutput:
@@ -199,6 +214,9 @@ def train(settings: TrainSettings, resume: bool = False, overwrite: bool = False
     result = run_training(settings, loop, spec, build, task, settings.out_dir, dev,
                           resume=resume, overwrite=overwrite, progress=progress)
     history, evals = result.history, result.eval_history
+    if resume and settings.init and not reports:
+        # the weights came from the run's own checkpoint; the summary still says what its first call loaded
+        reports.append(init_report(settings))
     test = None
     if holdout is not None and evals:
         test = score_holdout(result.model, *holdout, settings, float(evals[-1]["threshold"]))

@@ -37,6 +37,7 @@ def run_rows(results: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
                      # spread of the VOI over the jittered copies of the affinities (None: one copy)
                      "eval_voi_std": r["final"].get("voi_std"), "eval_draws": r["final"].get("draws", 1),
                      "minutes": r.get("minutes_this_call"), "train_minutes": r.get("train_minutes"),
+                     "resumed": bool(r.get("resumed")),
                      **_optional(r["final"].get("cross_fit"), "cf_"), **_optional(r.get("test"), "test_")})
     return rows
 
@@ -70,7 +71,8 @@ def summarize(rows: Sequence[dict[str, Any]], arms: Sequence[str], budgets: Sequ
             for m in METRICS + OPTIONAL_METRICS:
                 if all(r.get(m) is not None for r in picked):
                     entry[f"{m}_mean"], entry[f"{m}_std"] = mean_std([r[m] for r in picked])
-            minutes = [r["minutes"] for r in picked if r.get("minutes") is not None]
+            # a resumed run's wall minutes are those of its last call only; its training minutes are whole
+            minutes = [r["minutes"] for r in picked if r.get("minutes") is not None and not r.get("resumed")]
             entry["finetune_minutes_mean"] = float(np.mean(minutes)) if minutes else None
             train = [r["train_minutes"] for r in picked if r.get("train_minutes") is not None]
             entry["train_minutes_mean"] = float(np.mean(train)) if len(train) == len(picked) else None

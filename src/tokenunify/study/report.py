@@ -273,14 +273,17 @@ def markdown(report: dict[str, Any]) -> str:
                   for p in report["scaling"]]
         lines += ["", f"![VOI against model size]({FIGURES['scaling']})", ""]
     lines += ["## Every run", "", "Oracle threshold columns, then the cross-fitted and held-out scores (– where not "
-              "measured).", "", "| arm | preset | budget | seed | steps | minutes | threshold | VOI split | VOI merge | "
+              "measured). Minutes: the wall time of the call that finished the run (\"resumed\": a call that continued "
+              "a stopped one, so only its part), then the training steps' time over all calls.", "",
+              "| arm | preset | budget | seed | steps | minutes | training min | threshold | VOI split | VOI merge | "
               "VOI | VOI eval std | ARAND | VOI cross-fit | ARAND cross-fit | VOI held-out | ARAND held-out | "
-              "pretrained tensors loaded |", "|---|---|---|---:|" + "---:|" * 13]
-    num = lambda v: "–" if v is None else f"{v:.3f}"
+              "pretrained tensors loaded |", "|---|---|---|---:|" + "---:|" * 14]
+    num = lambda v, digits=3: "–" if v is None else f"{v:.{digits}f}"
     for r in report["runs"]:
         loaded = "–" if r["init_loaded"] is None else str(r["init_loaded"])
-        minutes = "–" if r.get("minutes") is None else f"{r['minutes']:.1f}"
+        minutes = "–" if r.get("minutes") is None else f"{r['minutes']:.1f}" + (" (resumed)" if r.get("resumed") else "")
         lines.append(f"| {r['arm']} | {r['preset']} | {r['budget']} | {r['seed']} | {r['steps']} | {minutes} | "
+                     f"{num(r.get('train_minutes'), 1)} | "
                      f"{r['threshold']} | {r['voi_split']:.3f} | {r['voi_merge']:.3f} | {r['voi']:.3f} | "
                      f"{num(r.get('eval_voi_std'))} | {r['arand']:.3f} | {num(r.get('cf_voi'))} | "
                      f"{num(r.get('cf_arand'))} | {num(r.get('test_voi'))} | {num(r.get('test_arand'))} | {loaded} |")

@@ -37,7 +37,7 @@ def main_table(report: dict[str, Any]) -> list[str]:
         head += ["VOI split", "VOI merge", "VOI", "ARAND"]
     if held_out:
         head += ["held-out VOI", "held-out ARAND"]
-    head += ["VOI vs scratch", "VOI vs MAE", "fine-tune min/run", "of which training"]
+    head += ["VOI vs scratch", "VOI vs MAE", "fine-tune min/run (wall, unresumed runs)", "training min/run"]
     lines = ["| " + " | ".join(head) + " |", "|---|---|" + "---:|" * (len(head) - 2)]
     for e in summary:
         cells = [e["budget"], e["arm"], str(e["seeds"])]

@@ -31,7 +31,7 @@ from tqdm import tqdm
 
 from tokenunify.config import to_dict
 from tokenunify.errors import OutputError, TokenUnifyError
-from tokenunify.finetune.train import train
+from tokenunify.finetune.train import init_report, train
 from tokenunify.io.atomic import write_text_atomic
 from tokenunify.pretrain.loop import pretrain
 from tokenunify.study.cache import cache_key, fetch, store
@@ -75,6 +75,11 @@ def read_result(root: Path, stage: Stage) -> dict[str, Any] | None:
     if stage.kind == "finetune" and "train_minutes" not in result:
         # written before the field existed: the run's own metrics still hold it
         result["train_minutes"] = train_minutes(RunFolder(root / stage.key).metrics)
+    if stage.kind == "finetune" and result.get("resumed") and result.get("init_loaded") is None \
+            and getattr(stage.settings, "init", None):
+        # finished by a resumed call before resumed runs recorded their initialisation
+        report = init_report(stage.settings)  # type: ignore[arg-type]
+        result["init_loaded"], result["init_fresh"] = len(report["loaded"]), report["fresh"]
     return result
 
 
