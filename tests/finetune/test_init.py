@@ -61,6 +61,32 @@ def test_pretrained_backbone_loads_into_three_offset_model(pretrained) -> None:
     assert len(report["loaded"]) == len(after) - 2
 
 
+def test_keep_fresh_transfers_the_encoder_alone(tmp_path: Path, pretrained) -> None:
+    """`keep_fresh=("decoder.",)`: the encoder comes from the checkpoint, the decoder keeps its fresh init.
+
+    The same as loading a copy of the checkpoint without its decoder tensors
+    while allowing them to be missing (how the option was first tried).
+    """
+    path, source = pretrained
+    model = _build({**NET, "out_channels": 3}, seed=2)
+    before = _snapshot(model)
+    report = load_pretrained(model, path, head_prefixes=HEAD, offsets=NEAREST, keep_fresh=("decoder.",))
+    after = model.state_dict()
+    decoder = sorted(n for n in after if n.startswith("decoder."))
+    assert decoder and report["kept_fresh"] == decoder and report["fresh"] == decoder
+    for name, value in after.items():
+        assert torch.equal(value, before[name] if name.startswith("decoder.") else source[name]), name
+    assert not report["missing"] and not report["mismatched"]
+    assert "kept fresh by init_keep_fresh" in format_init_report(report)
+
+    stripped = _save(tmp_path / "encoder_only.pt", PRE, {k: v for k, v in source.items() if not k.startswith("decoder.")},
+                     kind="pretrain")
+    other = _build({**NET, "out_channels": 3}, seed=2)
+    load_pretrained(other, stripped, allow_mismatch=True, head_prefixes=HEAD, offsets=NEAREST)
+    for name, value in other.state_dict().items():
+        assert torch.equal(value, after[name]), name
+
+
 def test_reconstruction_head_never_fills_single_offset_head(tmp_path: Path, pretrained) -> None:
     """Same shape (1 output channel), different meaning: the head must stay at its fresh init."""
     _, source = pretrained

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 from pathlib import Path
 
 import pytest
@@ -59,6 +61,24 @@ def test_pretrain_from_does_not_depend_on_the_order_of_the_arms(tmp_path):
     keyed = [{s.key: (s.needs, runner.fingerprint(s)) for s in plan_study(_arms(tmp_path, order))}
              for order in (arms, arms[::-1])]
     assert keyed[0] == keyed[1]
+
+
+def test_encoder_only_arm_and_fingerprints_of_fields_added_later(tmp_path):
+    """`init_keep_fresh` as an arm override; at its default it leaves the fingerprint as it was before it existed."""
+    arms = [{"name": "tokenunify", "schedule": STAGED},
+            {"name": "enconly", "pretrain_from": "tokenunify", "finetune_overrides": ["init_keep_fresh=[decoder.]"]}]
+    fine = {s.arm: s for s in plan_study(_arms(tmp_path, arms)) if s.kind == "finetune" and s.budget == "scarce"}
+    assert fine["enconly"].settings.init_keep_fresh == ["decoder."] and fine["tokenunify"].settings.init_keep_fresh == []
+    assert fine["enconly"].needs == fine["tokenunify"].needs
+    stage = fine["tokenunify"]
+    before = runner.fingerprint(stage)
+    # what the fingerprint hashed before the field existed
+    old = to_dict(stage.settings)
+    old.pop("out_dir")
+    old.pop("init_keep_fresh")
+    old["init"] = stage.needs
+    assert before == hashlib.sha256(json.dumps(old, sort_keys=True, default=str).encode()).hexdigest()[:16]
+    assert runner.fingerprint(fine["enconly"]) != before
 
 
 def test_bad_overrides_are_config_errors_naming_the_arm(tmp_path):

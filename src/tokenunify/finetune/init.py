@@ -76,6 +76,7 @@ def load_pretrained(
     head_prefixes: Sequence[str] = (),
     *,
     offsets: Sequence[Sequence[int]] | None = None,
+    keep_fresh: Sequence[str] = (),
 ) -> dict[str, Any]:
     """Fill `model` with the tensors of the checkpoint at `path` whose name and shape match.
 
@@ -90,6 +91,9 @@ def load_pretrained(
             trained for. The head is loaded only from an affinity checkpoint
             whose stored ``offsets`` are exactly these; None (unknown) never
             loads the head.
+        keep_fresh: name prefixes of tensors that keep their fresh
+            initialisation although the checkpoint holds them (``"decoder."``:
+            transfer the encoder alone). They are neither missing nor an error.
 
     Returns:
         A JSON-serialisable report:
@@ -109,6 +113,8 @@ def load_pretrained(
         - ``mismatched``: ``"name: checkpoint (..) vs model (..)"`` for non-head
           tensors whose shapes differ (only non-empty with ``allow_mismatch``);
         - ``unused``: sorted checkpoint names the model has no tensor for.
+        - ``kept_fresh``: sorted names that `keep_fresh` left at their fresh
+          initialisation.
 
     Raises:
         InputError: no tensor matches at all, or (without `allow_mismatch`) a
@@ -123,8 +129,10 @@ def load_pretrained(
     loaded: list[str] = []
     mismatched: list[str] = []
     head_notes: list[str] = []  # per-tensor reasons when the head was allowed but still did not fit
+    skip = tuple(keep_fresh)
+    kept_fresh = sorted(n for n in own if skip and n.startswith(skip))
     for name, tensor in state.items():
-        if name not in own:
+        if name not in own or (skip and name.startswith(skip)):
             continue
         is_head = bool(prefixes) and name.startswith(prefixes)
         if is_head and refusal is not None:
@@ -140,7 +148,7 @@ def load_pretrained(
         raise InputError(path, "no tensor of this checkpoint matches the model; is it for another architecture?")
     head = {n for n in own if prefixes and n.startswith(prefixes)}  # empty prefixes: no head
     head_fresh = sorted(head - set(loaded))
-    missing = sorted(n for n in own if n not in state and n not in head)
+    missing = sorted(n for n in own if n not in state and n not in head and not (skip and n.startswith(skip)))
     if (missing or mismatched) and not allow_mismatch:
         parts = ([f"missing from the checkpoint: {_few(missing)}"] if missing else []) + (
             [f"differ in shape: {_few(mismatched)}"] if mismatched else [])
@@ -166,6 +174,7 @@ def load_pretrained(
         "missing": missing,
         "mismatched": mismatched,
         "unused": sorted(set(state) - set(own)),
+        "kept_fresh": kept_fresh,
     }
 
 
@@ -192,6 +201,9 @@ def format_init_report(report: Mapping[str, Any]) -> str:
         lines.append(f"  head loaded from the checkpoint: {', '.join(report['head_loaded'])}")
     fresh = list(report["fresh"])
     lines.append(f"  fresh: {len(fresh)}" + (f" ({_few(fresh, 6)})" if fresh else ""))
+    kept = list(report.get("kept_fresh", []))
+    if kept:
+        lines.append(f"  kept fresh by init_keep_fresh: {len(kept)} ({_few(kept)})")
     missing, mismatched = list(report.get("missing", [])), list(report.get("mismatched", []))
     if missing:
         lines.append(f"  missing from the checkpoint (allowed): {len(missing)} ({_few(missing)})")

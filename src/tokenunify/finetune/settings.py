@@ -77,4 +77,7 @@ class TrainSettings:
     # Tensors outside the task head whose shapes differ from the checkpoint's
     # are an error unless this is set (then they keep their fresh values).
     init_allow_mismatch: bool = False
+    # Name prefixes that stay freshly initialised although `init` holds them,
+    # e.g. ["decoder."] to transfer a pretrained encoder without its decoder.
+    init_keep_fresh: list[str] = field(default_factory=list)
     out_dir: str = "runs/train"

@@ -150,7 +150,8 @@ def validate(model: torch.nn.Module, data: TrainData, settings: TrainSettings) -
 
 def _load_init(model: torch.nn.Module, settings: TrainSettings) -> dict[str, Any]:
     return load_pretrained(model, settings.init, allow_mismatch=settings.init_allow_mismatch,
-                           head_prefixes=HEAD_PREFIXES, offsets=settings.model.offsets)
+                           head_prefixes=HEAD_PREFIXES, offsets=settings.model.offsets,
+                           keep_fresh=settings.init_keep_fresh)
 
 
 def init_report(settings: TrainSettings) -> dict[str, Any] | None:

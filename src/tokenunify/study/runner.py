@@ -41,10 +41,18 @@ from tokenunify.training.run_folder import RunFolder
 RESULT = "result.json"
 
 
+#: Config fields added after studies had run, left out of the fingerprint at
+#: their default so those studies' finished stages still match.
+_ADDED_LATER: dict[str, Any] = {"init_keep_fresh": []}
+
+
 def fingerprint(stage: Stage) -> str:
     """Hash of a stage's complete config (its folder excluded, so a moved study still matches)."""
     config = to_dict(stage.settings)
     config.pop("out_dir", None)
+    for key, default in _ADDED_LATER.items():
+        if config.get(key) == default:
+            config.pop(key)
     if config.get("init"):
         config["init"] = stage.needs  # the pretraining stage, wherever the study folder lives
     return hashlib.sha256(json.dumps(config, sort_keys=True, default=str).encode()).hexdigest()[:16]

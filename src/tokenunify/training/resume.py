@@ -18,7 +18,8 @@ __all__ = ["RESUMABLE", "changed_keys", "check_same_config"]
 #: Dotted keys that may differ on resume: where the run lives, the thread
 #: count, the time limit of this invocation, and `init` (read only when a
 #: run starts).
-RESUMABLE = frozenset({"out_dir", "train.threads", "train.max_minutes", "init", "init_allow_mismatch"})
+RESUMABLE = frozenset({"out_dir", "train.threads", "train.max_minutes", "init", "init_allow_mismatch",
+                       "init_keep_fresh"})
 
 
 def _flatten(config: Any, prefix: str = "") -> dict[str, Any]:
