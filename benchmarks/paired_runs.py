@@ -1,0 +1,63 @@
+"""Paired comparison of stand-alone fine-tuning runs against a study's arms, seed by seed.
+
+A variant tried with `tokenunify train -c <a study run's config.yaml> <overrides>
+out_dir=runs/explore/<name>_s<seed>_800` is compared with the study runs of the
+same seeds on the study's headline figure (the cross-fitted validation VOI of
+the last validation), with the study's bootstrap interval over seeds:
+
+    python benchmarks/paired_runs.py "runs/explore/tok_enconly_s{seed}_800" --seeds 0 1 2 3 4
+
+It prints the variant's curve and final figures per seed, its mean, and the
+paired difference against each arm of `--results` (default docs/results.json).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from tokenunify.study.aggregate import bootstrap_interval
+
+
+def validations(run: Path) -> list[dict[str, Any]]:
+    """The run's validation records, in step order (from its metrics.jsonl)."""
+    lines = (run / "metrics.jsonl").read_text().splitlines()
+    return [row["val"] for row in map(json.loads, filter(str.strip, lines)) if "val" in row]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("pattern", help="run folder with {seed} in it")
+    parser.add_argument("--seeds", type=int, nargs="+", required=True)
+    parser.add_argument("--results", type=Path, default=Path("docs/results.json"))
+    parser.add_argument("--arms", nargs="+", default=["scratch", "mae", "tokenunify"])
+    args = parser.parse_args()
+
+    study = {(r["arm"], r["seed"]): r for r in json.loads(args.results.read_text())["runs"]}
+    finals = []
+    for seed in args.seeds:
+        vals = validations(Path(args.pattern.format(seed=seed)))
+        if not vals or "cross_fit" not in vals[-1]:
+            raise SystemExit(f"{args.pattern.format(seed=seed)}: no cross-fitted validation at the end of the run")
+        finals.append(vals[-1])
+        curve = " / ".join(f"{v['cross_fit']['voi']:.3f}" for v in vals)
+        print(f"seed {seed}: cross-fitted VOI at steps {', '.join(str(v['step']) for v in vals)}: {curve}; "
+              f"whole part, oracle: VOI {vals[-1]['voi']:.3f}, ARAND {vals[-1]['arand']:.3f}")
+    voi = np.array([f["cross_fit"]["voi"] for f in finals])
+    print(f"mean over {len(voi)} seeds: cross-fitted VOI {voi.mean():.3f} ± {voi.std(ddof=1):.3f}, "
+          f"ARAND {np.mean([f['cross_fit']['arand'] for f in finals]):.3f}")
+    for arm in args.arms:
+        base = np.array([study[(arm, seed)]["cf_voi"] for seed in args.seeds])
+        diff = voi - base
+        interval = bootstrap_interval(list(diff))
+        shown = "–" if interval is None else f"[{interval[0]:+.3f}, {interval[1]:+.3f}]"
+        print(f"minus {arm}: {diff.mean():+.3f} ({100 * diff.mean() / base.mean():+.1f}%), bootstrap 95% {shown}; "
+              f"per seed {', '.join(f'{d:+.3f}' for d in diff)}")
+
+
+if __name__ == "__main__":
+    main()
