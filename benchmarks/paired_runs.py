@@ -16,17 +16,11 @@ from __future__ import annotations
 import argparse
 import json
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
 from tokenunify.study.aggregate import bootstrap_interval
-
-
-def validations(run: Path) -> list[dict[str, Any]]:
-    """The run's validation records, in step order (from its metrics.jsonl)."""
-    lines = (run / "metrics.jsonl").read_text().splitlines()
-    return [row["val"] for row in map(json.loads, filter(str.strip, lines)) if "val" in row]
+from tokenunify.training.run_folder import RunFolder
 
 
 def main() -> None:
@@ -40,7 +34,7 @@ def main() -> None:
     study = {(r["arm"], r["seed"]): r for r in json.loads(args.results.read_text())["runs"]}
     finals = []
     for seed in args.seeds:
-        vals = validations(Path(args.pattern.format(seed=seed)))
+        vals = RunFolder(Path(args.pattern.format(seed=seed))).validations()
         if not vals or "cross_fit" not in vals[-1]:
             raise SystemExit(f"{args.pattern.format(seed=seed)}: no cross-fitted validation at the end of the run")
         finals.append(vals[-1])

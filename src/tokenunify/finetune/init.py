@@ -130,9 +130,10 @@ def load_pretrained(
     mismatched: list[str] = []
     head_notes: list[str] = []  # per-tensor reasons when the head was allowed but still did not fit
     skip = tuple(keep_fresh)
-    kept_fresh = sorted(n for n in own if skip and n.startswith(skip))
+    kept = lambda name: bool(skip) and name.startswith(skip)
+    kept_fresh = sorted(n for n in own if kept(n))
     for name, tensor in state.items():
-        if name not in own or (skip and name.startswith(skip)):
+        if name not in own or kept(name):
             continue
         is_head = bool(prefixes) and name.startswith(prefixes)
         if is_head and refusal is not None:
@@ -148,7 +149,7 @@ def load_pretrained(
         raise InputError(path, "no tensor of this checkpoint matches the model; is it for another architecture?")
     head = {n for n in own if prefixes and n.startswith(prefixes)}  # empty prefixes: no head
     head_fresh = sorted(head - set(loaded))
-    missing = sorted(n for n in own if n not in state and n not in head and not (skip and n.startswith(skip)))
+    missing = sorted(n for n in own if n not in state and n not in head and not kept(n))
     if (missing or mismatched) and not allow_mismatch:
         parts = ([f"missing from the checkpoint: {_few(missing)}"] if missing else []) + (
             [f"differ in shape: {_few(mismatched)}"] if mismatched else [])

@@ -36,7 +36,7 @@ from tokenunify.io.atomic import write_text_atomic
 from tokenunify.pretrain.loop import pretrain
 from tokenunify.study.cache import cache_key, fetch, store
 from tokenunify.study.plan import Stage
-from tokenunify.training.run_folder import RunFolder
+from tokenunify.training.run_folder import RunFolder, read_metrics
 
 RESULT = "result.json"
 
@@ -67,7 +67,7 @@ def train_minutes(metrics: Path) -> float | None:
     """
     if not metrics.exists():
         return None
-    rows = (json.loads(line) for line in metrics.read_text().splitlines() if line.strip())
+    rows = read_metrics(metrics)
     return sum(float(r["seconds"]) for r in rows if "seconds" in r) / 60
 
 
@@ -127,7 +127,7 @@ def run_stage(root: Path, stage: Stage, progress: bool, device: str = "auto",
                                 "skipped_steps": summary["skipped_steps"], "checkpoint": summary["checkpoint"]}
     else:
         summary = train(stage.settings, resume=resume, progress=progress, device=device)  # type: ignore[arg-type]
-        summary["val_history"] = _val_history(folder)
+        summary["val_history"] = folder.validations()
         body = {**_finetune_result(summary), "train_minutes": train_minutes(folder.metrics)}
     result = {"key": stage.key, "kind": stage.kind, "arm": stage.arm, "preset": stage.preset, "seed": stage.seed,
               "budget": stage.budget, "part": stage.part, "steps": summary["steps"],
@@ -142,11 +142,6 @@ def run_stage(root: Path, stage: Stage, progress: bool, device: str = "auto",
     if cache is not None and stage.kind == "pretrain":
         store(cache, _cache_key(stage), folder.root)
     return result
-
-
-def _val_history(folder: RunFolder) -> list[dict[str, Any]]:
-    rows = [json.loads(line) for line in folder.metrics.read_text().splitlines() if line.strip()]
-    return [row["val"] for row in rows if "val" in row]
 
 
 def _cache_key(stage: Stage) -> str:

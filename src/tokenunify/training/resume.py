@@ -16,8 +16,8 @@ from tokenunify.errors import ConfigError
 __all__ = ["RESUMABLE", "changed_keys", "check_same_config"]
 
 #: Dotted keys that may differ on resume: where the run lives, the thread
-#: count, the time limit of this invocation, and `init` (read only when a
-#: run starts).
+#: count, the time limit of this invocation, and the `init*` keys (read only
+#: when a run starts).
 RESUMABLE = frozenset({"out_dir", "train.threads", "train.max_minutes", "init", "init_allow_mismatch",
                        "init_keep_fresh"})
 

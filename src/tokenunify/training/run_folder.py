@@ -55,3 +55,12 @@ class RunFolder:
     def write_metrics(self, rows: list[dict[str, Any]]) -> None:
         """Rewrite `metrics.jsonl` from the history (atomically, so resumes never duplicate rows)."""
         write_text_atomic(self.metrics, "".join(json.dumps(row, default=float) + "\n" for row in rows))
+
+    def validations(self) -> list[dict[str, Any]]:
+        """The validation records of `metrics.jsonl`, in step order."""
+        return [row["val"] for row in read_metrics(self.metrics) if "val" in row]
+
+
+def read_metrics(path: Path) -> list[dict[str, Any]]:
+    """The rows of a `metrics.jsonl`: one per training step, plus `{"val": {...}}` rows for validations."""
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
