@@ -9,6 +9,11 @@ the last validation), with the study's bootstrap interval over seeds:
 
 It prints the variant's curve and final figures per seed, its mean, and the
 paired difference against each arm of `--results` (default docs/results.json).
+With `--study-dir` (the study's out_dir, e.g. runs/study) it also prints the
+mean training loss (balanced BCE) over steps 1-100, 101-200, ... of the
+variant and of each arm's runs of the same seeds: whether a variant fits the
+training crops worse (an optimisation problem) or fits them as well and
+validates worse (a generalisation problem).
 """
 
 from __future__ import annotations
@@ -20,7 +25,24 @@ from pathlib import Path
 import numpy as np
 
 from tokenunify.study.aggregate import bootstrap_interval
-from tokenunify.training.run_folder import RunFolder
+from tokenunify.training.run_folder import RunFolder, read_metrics
+
+LOSS_WINDOW = 100
+
+
+def _loss_windows(folders: list[Path]) -> dict[int, float]:
+    """Mean training loss per window of `LOSS_WINDOW` steps, pooled over the runs in `folders`."""
+    pooled: dict[int, list[float]] = {}
+    for folder in folders:
+        for row in read_metrics(RunFolder(folder).metrics):
+            if "loss" in row and "step" in row:
+                pooled.setdefault((int(row["step"]) - 1) // LOSS_WINDOW, []).append(float(row["loss"]))
+    return {w: float(np.mean(v)) for w, v in sorted(pooled.items())}
+
+
+def _print_losses(name: str, windows: dict[int, float]) -> None:
+    shown = " ".join(f"{w * LOSS_WINDOW + 1}-{(w + 1) * LOSS_WINDOW}:{v:.3f}" for w, v in windows.items())
+    print(f"training loss, {name:12s} {shown}")
 
 
 def main() -> None:
@@ -29,6 +51,8 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, nargs="+", required=True)
     parser.add_argument("--results", type=Path, default=Path("docs/results.json"))
     parser.add_argument("--arms", nargs="+", default=["scratch", "mae", "tokenunify"])
+    parser.add_argument("--study-dir", type=Path, default=None,
+                        help="the study's out_dir: also compare training losses with its runs")
     args = parser.parse_args()
 
     study = {(r["arm"], r["seed"]): r for r in json.loads(args.results.read_text())["runs"]}
@@ -51,6 +75,12 @@ def main() -> None:
         shown = "–" if interval is None else f"[{interval[0]:+.3f}, {interval[1]:+.3f}]"
         print(f"minus {arm}: {diff.mean():+.3f} ({100 * diff.mean() / base.mean():+.1f}%), bootstrap 95% {shown}; "
               f"per seed {', '.join(f'{d:+.3f}' for d in diff)}")
+    if args.study_dir is not None:
+        _print_losses("variant", _loss_windows([Path(args.pattern.format(seed=seed)) for seed in args.seeds]))
+        for arm in args.arms:
+            keys = [study[(arm, seed)].get("key") or f"finetune/{arm}/{study[(arm, seed)]['preset']}/"
+                    f"{study[(arm, seed)]['budget']}/s{seed}" for seed in args.seeds]
+            _print_losses(arm, _loss_windows([args.study_dir / key for key in keys]))
 
 
 if __name__ == "__main__":
