@@ -66,7 +66,8 @@ def main() -> None:
         print(f"seed {seed}: cross-fitted VOI at steps {', '.join(str(v['step']) for v in vals)}: {curve}; "
               f"whole part, oracle: VOI {vals[-1]['voi']:.3f}, ARAND {vals[-1]['arand']:.3f}")
     voi = np.array([f["cross_fit"]["voi"] for f in finals])
-    print(f"mean over {len(voi)} seeds: cross-fitted VOI {voi.mean():.3f} ± {voi.std(ddof=1):.3f}, "
+    spread = f"{voi.std(ddof=1):.3f}" if len(voi) > 1 else "–"
+    print(f"mean over {len(voi)} seeds: cross-fitted VOI {voi.mean():.3f} ± {spread}, "
           f"ARAND {np.mean([f['cross_fit']['arand'] for f in finals]):.3f}")
     for arm in args.arms:
         base = np.array([study[(arm, seed)]["cf_voi"] for seed in args.seeds])
