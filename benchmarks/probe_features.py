@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import argparse
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -43,6 +44,7 @@ import torch.nn.functional as F
 from tokenunify.finetune import train as ft
 from tokenunify.finetune.affinities import affinities_from_labels
 from tokenunify.finetune.init import load_pretrained
+from tokenunify.finetune.settings import TrainSettings
 from tokenunify.io.volumes import open_volume
 from tokenunify.models.registry import build_model
 from tokenunify.predict.inference import to_unit_float
@@ -63,7 +65,10 @@ def _parse() -> argparse.Namespace:
     return p.parse_args()
 
 
-def _tiles(raw: np.ndarray, labels: np.ndarray, z: tuple[int, int], crop: tuple[int, int, int]):
+Tile = tuple[np.ndarray, np.ndarray, np.ndarray]  # raw in [0, 1], boundary 0/1, scored voxels
+
+
+def _tiles(raw: np.ndarray, labels: np.ndarray, z: tuple[int, int], crop: tuple[int, int, int]) -> Iterator[Tile]:
     """Non-overlapping crops (raw in [0, 1], boundary 0/1) covering `z` and as much of y, x as fits."""
     dz, dy, dx = crop
     for z0 in range(z[0], z[1] - dz + 1, dz):
@@ -128,7 +133,8 @@ def _auc_ap(score: np.ndarray, y: np.ndarray) -> tuple[float, float]:
     return float(auc), ap
 
 
-def _collect(model: torch.nn.Module | None, tiles: list, rng: np.random.Generator | None, per_tile: int):
+def _collect(model: torch.nn.Module | None, tiles: list[Tile], rng: np.random.Generator | None,
+             per_tile: int) -> tuple[dict[str, torch.Tensor], np.ndarray]:
     """Per level (and `all`), features and labels of the sampled (fit) or all valid (score) voxels."""
     xs: dict[str, list[torch.Tensor]] = {}
     ys: list[np.ndarray] = []
@@ -147,7 +153,7 @@ def _collect(model: torch.nn.Module | None, tiles: list, rng: np.random.Generato
     return {k: torch.cat(v) for k, v in xs.items()}, np.concatenate(ys)
 
 
-def _build(spec: str, settings, seed: int) -> torch.nn.Module:
+def _build(spec: str, settings: TrainSettings, seed: int) -> torch.nn.Module:
     torch.manual_seed(seed)
     model = build_model(ft.model_spec(settings))
     if spec != "fresh":
