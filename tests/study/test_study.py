@@ -17,7 +17,7 @@ from tokenunify.io import write_volume
 from tokenunify.study import aggregate as agg
 from tokenunify.study import runner
 from tokenunify.study.plan import plan_study, tokens_per_pretraining
-from tokenunify.study.run_study import study
+from tokenunify.study.run_study import load_study, study
 from tokenunify.study.settings import FloorSettings, StudySettings
 
 
@@ -172,6 +172,18 @@ def test_study_runs_resumes_and_reports(data, monkeypatch):
     monkeypatch.setattr(runner, "train", must_not_run)
     again = study(config, [], progress=False)
     assert again["runs"] == report["runs"] and again["meta"]["invocations"] == 2
+    # A result written before `train_minutes` and the resumed runs' init report existed is
+    # filled in from the run folder and the config, once: the file then holds both.
+    root = Path(again["meta"]["resolved_config"]).parent
+    mae_result = root / "finetune/mae/tiny/scarce/s0/result.json"
+    legacy = json.loads(mae_result.read_text())
+    expected = {k: legacy[k] for k in ("train_minutes", "init_loaded", "init_fresh")}
+    del legacy["train_minutes"]
+    mae_result.write_text(json.dumps({**legacy, "resumed": True, "init_loaded": None, "init_fresh": None}))
+    stage = next(s for s in plan_study(load_study(config, [], quick=False)) if s.key == "finetune/mae/tiny/scarce/s0")
+    filled = runner.read_result(root, stage)
+    assert {k: filled[k] for k in expected} == expected
+    assert {k: json.loads(mae_result.read_text())[k] for k in expected} == expected
     # A changed config is refused rather than mixed with the old results.
     with pytest.raises(OutputError, match="different config"):
         study(config, ["finetune.train.lr=0.5"], progress=False)

@@ -80,14 +80,20 @@ def read_result(root: Path, stage: Stage) -> dict[str, Any] | None:
     if result.get("fingerprint") != fingerprint(stage):
         raise OutputError(path, "this study folder holds a finished run with a different config; "
                                 "use another out_dir, or delete that folder to rerun it")
+    filled = False
     if stage.kind == "finetune" and "train_minutes" not in result:
         # written before the field existed: the run's own metrics still hold it
         result["train_minutes"] = train_minutes(RunFolder(root / stage.key).metrics)
+        filled = True
     if stage.kind == "finetune" and result.get("resumed") and result.get("init_loaded") is None \
             and getattr(stage.settings, "init", None):
         # finished by a resumed call before resumed runs recorded their initialisation
         report = init_report(stage.settings)  # type: ignore[arg-type]
         result["init_loaded"], result["init_fresh"] = len(report["loaded"]), report["fresh"]
+        filled = True
+    if filled:
+        # once: the init report rebuilds a network and loads a checkpoint, every report would pay it again
+        write_text_atomic(path, json.dumps(result, indent=1, default=float))
     return result
 
 
