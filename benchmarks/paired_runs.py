@@ -79,9 +79,9 @@ def main() -> None:
     if args.study_dir is not None:
         _print_losses("variant", _loss_windows([Path(args.pattern.format(seed=seed)) for seed in args.seeds]))
         for arm in args.arms:
-            keys = [study[(arm, seed)].get("key") or f"finetune/{arm}/{study[(arm, seed)]['preset']}/"
-                    f"{study[(arm, seed)]['budget']}/s{seed}" for seed in args.seeds]
-            _print_losses(arm, _loss_windows([args.study_dir / key for key in keys]))
+            runs = [study[(arm, seed)] for seed in args.seeds]  # results.json names no folder: the study's layout does
+            _print_losses(arm, _loss_windows([args.study_dir / "finetune" / arm / r["preset"] / r["budget"] / f"s{r['seed']}"
+                                              for r in runs]))
 
 
 if __name__ == "__main__":
