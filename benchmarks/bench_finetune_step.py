@@ -3,12 +3,16 @@
 Usage::
 
     python benchmarks/bench_finetune_step.py [--config configs/study_fib.yaml]
-        [--variants block,lean,unet] [--steps 4] [--rounds 5] [--threads N] [--profile]
+        [--variants old,block,lean,unet] [--steps 4] [--rounds 5] [--threads N] [--profile]
 
 Builds the study's fine-tuning settings (network, crop, batch, augmentation,
 bf16) from the study config, but trains on a synthetic EM-like volume made
 here, so it needs no data. Variants:
 
+- `old`: the step as issue 12 found it: `block` below, with every
+  channel norm on the plain `F.layer_norm` route over a channels-last copy
+  (`models.channel_norm.use_reference_norm`), the chunked PyTorch scan
+  (`TOKENUNIFY_SCAN=chunked`) and channels-first convolution weights;
 - `block`: the TokenUnify network with residual conv blocks at full
   resolution (`model.full_res: block`, the step the study used before);
 - `lean`: the same network with the lean full-resolution level
@@ -29,10 +33,13 @@ last variant.
 from __future__ import annotations
 
 import argparse
+import os
 import platform
 import statistics
 import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -43,21 +50,41 @@ from tokenunify.data.augment import required_input_shape
 from tokenunify.data.synthetic import make_synthetic_volume
 from tokenunify.finetune import train as ft
 from tokenunify.io import write_volume
+from tokenunify.models.channel_norm import use_reference_norm
 from tokenunify.models.registry import build_model, count_parameters
 from tokenunify.runtime import tune_malloc
 from tokenunify.study.plan import plan_study
 from tokenunify.study.run_study import load_study
 from tokenunify.training.devices import effective_bf16
 
-VARIANTS = {"block": {"name": "tokenunify", "full_res": "block"},
+VARIANTS = {"old": {"name": "tokenunify", "full_res": "block"},
+            "block": {"name": "tokenunify", "full_res": "block"},
             "lean": {"name": "tokenunify", "full_res": "lean"},
             "unet": {"name": "unet"}}
+#: variants timed as the step was before the native scan, the channel-norm
+#: kernel and channels-last weights
+OLD = {"old"}
+
+
+@contextmanager
+def _old_step(enabled: bool) -> Iterator[None]:
+    before = os.environ.get("TOKENUNIFY_SCAN")
+    if enabled:
+        os.environ["TOKENUNIFY_SCAN"] = "chunked"
+    try:
+        with use_reference_norm(enabled):
+            yield
+    finally:
+        if before is None:
+            os.environ.pop("TOKENUNIFY_SCAN", None)
+        else:
+            os.environ["TOKENUNIFY_SCAN"] = before
 
 
 def _parse() -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--config", type=Path, default=Path("configs/study_fib.yaml"))
-    p.add_argument("--variants", default="block,lean,unet", help=f"comma-separated, of {', '.join(VARIANTS)}")
+    p.add_argument("--variants", default="old,block,lean,unet", help=f"comma-separated, of {', '.join(VARIANTS)}")
     p.add_argument("--steps", type=int, default=4, help="steps per variant per round")
     p.add_argument("--rounds", type=int, default=5)
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
@@ -100,17 +127,21 @@ def main() -> None:
             for key, value in VARIANTS[name].items():
                 setattr(settings.model, key, value)
             model = build_model(ft.model_spec(settings))
+            if name in OLD:
+                model = model.to(memory_format=torch.contiguous_format)
             models[name] = (model, torch.optim.AdamW(model.parameters(), lr=1e-4))
-            for batch in batches[:2]:  # warm-up: oneDNN kernel creation
-                ft.network_step(model, models[name][1], batch, settings)
+            with _old_step(name in OLD):
+                for batch in batches[:2]:  # warm-up: oneDNN kernel creation
+                    ft.network_step(model, models[name][1], batch, settings)
         times: dict[str, list[float]] = {name: [] for name in names}
         for _ in range(args.rounds):
             for name in names:
                 model, optimizer = models[name]
-                started = time.perf_counter()
-                for batch in batches:
-                    ft.network_step(model, optimizer, batch, settings)  # the training loop's own step
-                times[name].append((time.perf_counter() - started) / len(batches))
+                with _old_step(name in OLD):
+                    started = time.perf_counter()
+                    for batch in batches:
+                        ft.network_step(model, optimizer, batch, settings)  # the training loop's own step
+                    times[name].append((time.perf_counter() - started) / len(batches))
 
         print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {platform.machine()}; "
               f"batch {loop.batch_size} x {tuple(loop.crop)}, bf16 {loop.bf16} asked, {effective_bf16(torch.device('cpu'), loop.bf16)} run; "
@@ -127,7 +158,7 @@ def main() -> None:
             from torch.profiler import ProfilerActivity, profile
 
             model, optimizer = models[names[-1]]
-            with profile(activities=[ProfilerActivity.CPU]) as prof:
+            with profile(activities=[ProfilerActivity.CPU]) as prof, _old_step(names[-1] in OLD):
                 for batch in batches[:2]:
                     ft.network_step(model, optimizer, batch, settings)
             print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=15))

@@ -47,8 +47,10 @@ class ShuffleUp(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         b, _, d, h, w = x.shape
         sz, sy, sx = self.stride
-        y = self.proj(x).view(b, self.cout, sz, sy, sx, d, h, w).permute(0, 1, 5, 2, 6, 3, 7, 4)
-        return y.reshape(b, self.cout, d * sz, h * sy, w * sx)
+        # channel c * prod(stride) + offset goes to that offset of the box; built
+        # channels-last, so a channels-last network makes one copy here, not three
+        y = self.proj(x).movedim(1, -1).unflatten(-1, (self.cout, sz, sy, sx)).permute(0, 1, 5, 2, 6, 3, 7, 4)
+        return y.reshape(b, d * sz, h * sy, w * sx, self.cout).movedim(-1, 1)
 
 
 class UpBlock(nn.Module):

@@ -36,6 +36,7 @@ from typing import Any
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from tokenunify.models.channel_norm import channel_norm
 from tokenunify.models.mixers import make_mixer
 from tokenunify.models.safe_conv import SafeConv3d
 
@@ -69,7 +70,7 @@ class ChannelNorm(nn.LayerNorm):
         super().__init__(channels, eps=eps)
 
     def forward(self, x: Tensor) -> Tensor:
-        return super().forward(x.movedim(1, -1)).movedim(-1, 1)
+        return channel_norm(x, self.weight, self.bias, self.eps)
 
 
 def _conv(cin: int, cout: int, kernel: Triple) -> nn.Conv3d:

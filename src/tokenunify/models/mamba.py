@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from tokenunify.models.channel_norm import channel_norm
 from tokenunify.models.scan import selective_scan
 
 __all__ = ["MambaBlock", "MambaMixer", "MambaStack", "MultiDirectionMamba", "RMSNorm"]
@@ -200,21 +201,24 @@ class MultiDirectionMamba(nn.Module):
         self.mixers = nn.ModuleList(MambaMixer(dim, **mixer_kwargs) for _ in range(n_mixers))  # type: ignore[arg-type]
 
     def _to_seq(self, x: Tensor, axes: tuple[int, int, int], reverse: bool) -> Tensor:
-        seq = x.permute(0, 1, *axes).flatten(2).transpose(1, 2)  # (B, L, C)
+        seq = x.permute(0, *axes, 1).flatten(1, 3)  # (B, L, C); a view for a channels-last x in raster order
         return seq.flip(1) if reverse else seq
 
     def _from_seq(self, seq: Tensor, shape: torch.Size, axes: tuple[int, int, int], reverse: bool) -> Tensor:
         if reverse:
             seq = seq.flip(1)
-        vol = seq.transpose(1, 2).unflatten(2, [shape[a] for a in axes])
-        inverse = [0, 1] + [2 + axes.index(a) for a in (2, 3, 4)]
+        vol = seq.unflatten(1, [shape[a] for a in axes])  # (B, *grid in traversal order, C)
+        inverse = [0, 4] + [1 + axes.index(a) for a in (2, 3, 4)]
         return vol.permute(*inverse)
 
     def forward(self, x: Tensor) -> Tensor:
         """``(B, C, D, H, W)`` -> same shape."""
         if x.dim() != 5:
             raise ValueError(f"expected (B, C, D, H, W), got {tuple(x.shape)}")
-        normed = self.norm(x.movedim(1, -1)).movedim(-1, 1)
+        if isinstance(self.norm, nn.LayerNorm):  # in place, not via a channels-last copy
+            normed = channel_norm(x, self.norm.weight, self.norm.bias, self.norm.eps)
+        else:
+            normed = self.norm(x.movedim(1, -1)).movedim(-1, 1)
         seqs = [self._to_seq(normed, axes, rev) for axes, rev in self.paths]
         if self.share_weights:
             outs = self.mixers[0](torch.cat(seqs, dim=0)).chunk(len(seqs), dim=0)

@@ -329,8 +329,10 @@ def selective_scan(
 ) -> Tensor:
     """Selective scan on the best available backend.
 
-    CUDA tensors with mamba-ssm installed use its fused kernel; everything
-    else uses :func:`selective_scan_chunked`. Returns ``u``'s dtype.
+    CUDA tensors with mamba-ssm installed use its fused kernel; CPU tensors
+    the native C kernel when it builds (:mod:`tokenunify.models.native_scan`,
+    ``TOKENUNIFY_SCAN``); everything else :func:`selective_scan_chunked`.
+    Returns ``u``'s dtype.
     """
     if u.is_cuda and mamba_ssm_available():
         fn = _MAMBA_SSM
@@ -342,4 +344,9 @@ def selective_scan(
             None if D is None else D.float(), None if z is None else same(z),
             None if delta_bias is None else delta_bias.float(), delta_softplus,
         )
+    if u.device.type == "cpu":
+        from tokenunify.models.native_scan import native_scan_available, selective_scan_native
+
+        if native_scan_available():
+            return selective_scan_native(u, delta, A, B, C, D, z, delta_bias, delta_softplus)
     return selective_scan_chunked(u, delta, A, B, C, D, z, delta_bias, delta_softplus)

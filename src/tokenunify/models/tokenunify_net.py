@@ -85,6 +85,10 @@ class TokenUnifyNet(nn.Module):
         next_context: what the next-token head reads of the prefix:
             ``"perceiver"`` (the latents) or ``"features"`` (the deepest
             features themselves, the ablation without the Perceiver).
+        full_res: ``"block"`` or ``"lean"`` full-resolution level (see
+            :data:`~tokenunify.models.encoder.FULL_RES`).
+        channels_last: keep the convolution weights, and so the feature
+            maps, channels-last (``torch.channels_last_3d``); a speed choice only.
     """
 
     def __init__(
@@ -105,6 +109,7 @@ class TokenUnifyNet(nn.Module):
         head_depth: int = 2,
         next_context: str = "perceiver",
         full_res: str = "block",
+        channels_last: bool = True,
     ) -> None:
         super().__init__()
         if out_channels < 1:
@@ -140,6 +145,17 @@ class TokenUnifyNet(nn.Module):
             else:
                 self.next_features = nn.Linear(deep, deep)
             self.next_head = CausalNextHead(deep, self.token_features, head_depth, mixer)
+        if channels_last:
+            # channels-last convolution weights make every convolution's output
+            # channels-last, the layout oneDNN's 3D kernels and the token mixers
+            # read fastest (docs/study.md, "The fine-tuning step"); values and
+            # checkpoints are the same in either layout
+            self.to(memory_format=torch.channels_last_3d)
+            for m in self.modules():
+                # except on fewer than 4 input channels: oneDNN's channels-last bf16
+                # kernel for the 1-channel stem took 4x the time of the plain one
+                if isinstance(m, nn.Conv3d) and m.in_channels < 4:
+                    m.weight.data = m.weight.data.contiguous()
 
     # -- shape contract (same as UNet3D) ---------------------------------------------
 
