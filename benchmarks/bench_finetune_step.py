@@ -12,7 +12,7 @@ here, so it needs no data. Variants:
 - `old`: the step as issue 12 found it: `block` below, with every
   channel norm on the plain `F.layer_norm` route over a channels-last copy
   (`models.channel_norm.use_reference_norm`), the chunked PyTorch scan
-  (`TOKENUNIFY_SCAN=chunked`) and channels-first convolution weights;
+  (`TOKENUNIFY_NATIVE=off`) and channels-first convolution weights;
 - `block`: the TokenUnify network with residual conv blocks at full
   resolution (`model.full_res: block`, the step the study used before);
 - `lean`: the same network with the lean full-resolution level
@@ -68,17 +68,17 @@ OLD = {"old"}
 
 @contextmanager
 def _old_step(enabled: bool) -> Iterator[None]:
-    before = os.environ.get("TOKENUNIFY_SCAN")
+    before = os.environ.get("TOKENUNIFY_NATIVE")
     if enabled:
-        os.environ["TOKENUNIFY_SCAN"] = "chunked"
+        os.environ["TOKENUNIFY_NATIVE"] = "off"
     try:
         with use_reference_norm(enabled):
             yield
     finally:
         if before is None:
-            os.environ.pop("TOKENUNIFY_SCAN", None)
+            os.environ.pop("TOKENUNIFY_NATIVE", None)
         else:
-            os.environ["TOKENUNIFY_SCAN"] = before
+            os.environ["TOKENUNIFY_NATIVE"] = before
 
 
 def _parse() -> argparse.Namespace:

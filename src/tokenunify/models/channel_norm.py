@@ -25,6 +25,8 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
+from tokenunify.models.native import library, parts
+
 __all__ = ["channel_norm", "channel_norm_reference", "use_reference_norm"]
 
 _REFERENCE = False
@@ -65,6 +67,48 @@ class _ChannelNorm(torch.autograd.Function):
         return g_x, cast(g_weight, weight), cast(g_bias, weight), None
 
 
+class _NativeChannelNorm(torch.autograd.Function):
+    """The same function on a channels-last ``x`` by the C kernel (``csrc/channel_norm.c``)."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor, weight: Tensor, bias: Tensor, eps: float) -> Tensor:  # type: ignore[override]
+        lib = library()
+        assert lib is not None
+        last = x.movedim(1, -1)  # contiguous: checked by the caller
+        rows, c = last.numel() // x.shape[1], x.shape[1]
+        w, b = weight.detach().float().contiguous(), bias.detach().float().contiguous()
+        y = torch.empty(last.shape, dtype=torch.float32)
+        xhat = torch.empty(last.shape, dtype=torch.float32)
+        rstd = torch.empty(rows, dtype=torch.float32)
+        lib.channel_norm_forward(last.data_ptr(), int(x.dtype == torch.bfloat16), w.data_ptr(), b.data_ptr(),
+                                 float(eps), y.data_ptr(), xhat.data_ptr(), rstd.data_ptr(), c, rows, parts(rows))
+        ctx.save_for_backward(xhat, rstd, w)
+        ctx.x_dtype = x.dtype
+        return y.movedim(-1, 1)
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad: Tensor):  # type: ignore[override]
+        lib = library()
+        assert lib is not None
+        xhat, rstd, w = ctx.saved_tensors
+        g = grad.movedim(1, -1).float().contiguous()
+        rows, c = rstd.numel(), w.numel()
+        gx = torch.empty(xhat.shape, dtype=ctx.x_dtype)
+        k = parts(rows)
+        partial = torch.zeros(2, k, c)  # dL/dweight, dL/dbias per row range
+        lib.channel_norm_backward(g.data_ptr(), xhat.data_ptr(), rstd.data_ptr(), w.data_ptr(), gx.data_ptr(),
+                                  int(ctx.x_dtype == torch.bfloat16), partial[0].data_ptr(), partial[1].data_ptr(),
+                                  c, rows, k)
+        sums = partial.sum(1)
+        return gx.movedim(-1, 1), sums[0], sums[1], None
+
+
+def _native_fits(x: Tensor, weight: Tensor) -> bool:
+    return (x.device.type == "cpu" and x.dtype in (torch.float32, torch.bfloat16) and weight.dtype == torch.float32
+            and x.movedim(1, -1).is_contiguous() and x.numel() > 0 and library() is not None)
+
+
 def channel_norm(x: Tensor, weight: Tensor, bias: Tensor, eps: float) -> Tensor:
     """LayerNorm over axis 1 of ``x`` (``(B, C, ...)``) with per-channel ``weight`` and ``bias``.
 
@@ -76,7 +120,8 @@ def channel_norm(x: Tensor, weight: Tensor, bias: Tensor, eps: float) -> Tensor:
                          f"weight {tuple(weight.shape)}, bias {tuple(bias.shape)}")
     if _REFERENCE:
         return channel_norm_reference(x, weight, bias, eps)
-    out = _ChannelNorm.apply(x, weight, bias, float(eps))
+    fn = _NativeChannelNorm if _native_fits(x, weight) else _ChannelNorm
+    out = fn.apply(x, weight, bias, float(eps))
     return out if torch.is_autocast_enabled(x.device.type) else out.to(x.dtype)
 
 

@@ -331,7 +331,7 @@ def selective_scan(
 
     CUDA tensors with mamba-ssm installed use its fused kernel; CPU tensors
     the native C kernel when it builds (:mod:`tokenunify.models.native_scan`,
-    ``TOKENUNIFY_SCAN``); everything else :func:`selective_scan_chunked`.
+    ``TOKENUNIFY_NATIVE``); everything else :func:`selective_scan_chunked`.
     Returns ``u``'s dtype.
     """
     if u.is_cuda and mamba_ssm_available():
@@ -345,8 +345,9 @@ def selective_scan(
             None if delta_bias is None else delta_bias.float(), delta_softplus,
         )
     if u.device.type == "cpu":
-        from tokenunify.models.native_scan import native_scan_available, selective_scan_native
+        from tokenunify.models.native import native_available
+        from tokenunify.models.native_scan import selective_scan_native
 
-        if native_scan_available():
+        if native_available():
             return selective_scan_native(u, delta, A, B, C, D, z, delta_bias, delta_softplus)
     return selective_scan_chunked(u, delta, A, B, C, D, z, delta_bias, delta_softplus)

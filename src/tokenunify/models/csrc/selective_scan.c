@@ -3,10 +3,12 @@
  *
  *   h_t = exp(dt_t * A) * h_{t-1} + dt_t * u_t * B_t,   y_t = C_t . h_t
  *
- * Layouts (fp32, contiguous): u, dt, y, gy, gu, gdt are (R, L) with rows
- * r = b * D + d; A is (D, N); Bt, Ct and their gradients are (batch, L, N)
- * (time-major, so one step's B_t is one contiguous vector); ckpt holds the
- * state entering every chunk of T steps, (R, ceil(L / T), N).
+ * Layouts (fp32, contiguous): u, dt, y, gy, gu, gdt are time-major (batch,
+ * L, D), the layout the Mamba mixer makes them in, so no transposed copy is
+ * needed; a row r = b * D + d reads them with stride D. A is (D, N); Bt, Ct
+ * and their gradients are (batch, L, N) (one step's B_t is one contiguous
+ * vector); ckpt holds the state entering every chunk of T steps,
+ * (R, ceil(L / T), N).
  *
  * The state of one row lives in a stack buffer of N floats, so the chunked
  * PyTorch path's (L, B, N, D) passes through memory become one loop whose
@@ -58,13 +60,13 @@ static inline __attribute__((always_inline)) void forward_rows(const float *u, c
     float h[N];
     for (int64_t r = r0; r < r1; ++r) {
         const int64_t b = r / D, d = r % D;
-        const float *ur = u + r * L, *dtr = dt + r * L, *Ad = A + d * N;
+        const float *ur = u + b * L * D + d, *dtr = dt + b * L * D + d, *Ad = A + d * N;
         const float *Bb = Bt + b * L * N, *Cb = Ct + b * L * N;
-        float *yr = y + r * L, *cr = ckpt + r * n_chunks * N;
+        float *yr = y + b * L * D + d, *cr = ckpt + r * n_chunks * N;
         for (int64_t n = 0; n < N; ++n) h[n] = 0.0f;
         for (int64_t t = 0; t < L; ++t) {
             if (t % T == 0) memcpy(cr + (t / T) * N, h, N * sizeof(float));
-            const float dv = dtr[t], xv = dv * ur[t];
+            const float dv = dtr[t * D], xv = dv * ur[t * D];
             const float *Bv = Bb + t * N, *Cv = Cb + t * N;
             float acc = 0.0f;
 #pragma omp simd reduction(+ : acc)
@@ -73,7 +75,7 @@ static inline __attribute__((always_inline)) void forward_rows(const float *u, c
                 h[n] = hn;
                 acc += Cv[n] * hn;
             }
-            yr[t] = acc;
+            yr[t * D] = acc;
         }
     }
 }
@@ -85,7 +87,8 @@ static inline __attribute__((always_inline)) void backward_rows(const float *u, 
     float H[T * N], E[T * N], G[N], ga[N], h[N];
     for (int64_t r = r0; r < r1; ++r) {
         const int64_t b = r / D, d = r % D;
-        const float *ur = u + r * L, *dtr = dt + r * L, *gyr = gy + r * L, *Ad = A + d * N;
+        const int64_t base = b * L * D + d;
+        const float *ur = u + base, *dtr = dt + base, *gyr = gy + base, *Ad = A + d * N;
         const float *Bb = Bt + b * L * N, *Cb = Ct + b * L * N, *cr = ckpt + r * n_chunks * N;
         float *gBb = gB_part + b * L * N, *gCb = gC_part + b * L * N;
         for (int64_t n = 0; n < N; ++n) G[n] = ga[n] = 0.0f; /* G = a_{t+1} * dL/dh_{t+1} */
@@ -93,7 +96,7 @@ static inline __attribute__((always_inline)) void backward_rows(const float *u, 
             const int64_t t0 = c * T, t1 = t0 + T < L ? t0 + T : L;
             memcpy(h, cr + c * N, N * sizeof(float));
             for (int64_t t = t0; t < t1; ++t) { /* the chunk's decays and states again */
-                const float dv = dtr[t], xv = dv * ur[t];
+                const float dv = dtr[t * D], xv = dv * ur[t * D];
                 const float *Bv = Bb + t * N;
                 float *Ek = E + (t - t0) * N, *Hk = H + (t - t0) * N;
 #pragma omp simd
@@ -105,7 +108,7 @@ static inline __attribute__((always_inline)) void backward_rows(const float *u, 
             }
             for (int64_t t = t1 - 1; t >= t0; --t) {
                 const int64_t k = t - t0;
-                const float dv = dtr[t], uv = ur[t], xv = dv * uv, gyv = gyr[t];
+                const float dv = dtr[t * D], uv = ur[t * D], xv = dv * uv, gyv = gyr[t * D];
                 const float *Bv = Bb + t * N, *Cv = Cb + t * N, *Ek = E + k * N, *Hk = H + k * N;
                 const float *Hprev = k > 0 ? H + (k - 1) * N : cr + c * N;
                 float *gBv = gBb + t * N, *gCv = gCb + t * N;
@@ -121,30 +124,43 @@ static inline __attribute__((always_inline)) void backward_rows(const float *u, 
                     ga[n] += q * dv;
                     G[n] = Ek[n] * gh;
                 }
-                gdt[r * L + t] = qa + gx * uv;
-                gu[r * L + t] = gx * dv;
+                gdt[base + t * D] = qa + gx * uv;
+                gu[base + t * D] = gx * dv;
             }
         }
         memcpy(gA_rows + r * N, ga, N * sizeof(float));
     }
 }
 
-/* Entry points. N = 16 (every preset's d_state) gets its own inlined copy, in
- * which the state loop is one fixed-length vector operation instead of a
- * runtime-length loop with peeling and remainder. */
+/* Entry points: rows split into `parts` contiguous ranges run by an OpenMP
+ * team. The library links the libgomp that torch has loaded (same soname),
+ * so these regions reuse torch's own threads instead of competing with
+ * them. Part p adds its dB / dC into gB_part + p * part_stride. N = 16
+ * (every preset's d_state) gets its own inlined copy, in which the state
+ * loop is one fixed-length vector operation. */
 void scan_forward(const float *u, const float *dt, const float *A, const float *Bt, const float *Ct,
-                  float *y, float *ckpt, int64_t D, int64_t L, int64_t N, int64_t T, int64_t r0, int64_t r1) {
-    if (N == 16)
-        forward_rows(u, dt, A, Bt, Ct, y, ckpt, D, L, 16, T, r0, r1);
-    else
-        forward_rows(u, dt, A, Bt, Ct, y, ckpt, D, L, N, T, r0, r1);
+                  float *y, float *ckpt, int64_t D, int64_t L, int64_t N, int64_t T, int64_t R, int64_t parts) {
+#pragma omp parallel for num_threads(parts) schedule(static, 1)
+    for (int64_t p = 0; p < parts; ++p) {
+        const int64_t r0 = R * p / parts, r1 = R * (p + 1) / parts;
+        if (N == 16)
+            forward_rows(u, dt, A, Bt, Ct, y, ckpt, D, L, 16, T, r0, r1);
+        else
+            forward_rows(u, dt, A, Bt, Ct, y, ckpt, D, L, N, T, r0, r1);
+    }
 }
 
 void scan_backward(const float *u, const float *dt, const float *A, const float *Bt, const float *Ct,
                    const float *ckpt, const float *gy, float *gu, float *gdt, float *gA_rows, float *gB_part,
-                   float *gC_part, int64_t D, int64_t L, int64_t N, int64_t T, int64_t r0, int64_t r1) {
-    if (N == 16)
-        backward_rows(u, dt, A, Bt, Ct, ckpt, gy, gu, gdt, gA_rows, gB_part, gC_part, D, L, 16, T, r0, r1);
-    else
-        backward_rows(u, dt, A, Bt, Ct, ckpt, gy, gu, gdt, gA_rows, gB_part, gC_part, D, L, N, T, r0, r1);
+                   float *gC_part, int64_t part_stride, int64_t D, int64_t L, int64_t N, int64_t T, int64_t R,
+                   int64_t parts) {
+#pragma omp parallel for num_threads(parts) schedule(static, 1)
+    for (int64_t p = 0; p < parts; ++p) {
+        const int64_t r0 = R * p / parts, r1 = R * (p + 1) / parts;
+        float *gB = gB_part + p * part_stride, *gC = gC_part + p * part_stride;
+        if (N == 16)
+            backward_rows(u, dt, A, Bt, Ct, ckpt, gy, gu, gdt, gA_rows, gB, gC, D, L, 16, T, r0, r1);
+        else
+            backward_rows(u, dt, A, Bt, Ct, ckpt, gy, gu, gdt, gA_rows, gB, gC, D, L, N, T, r0, r1);
+    }
 }
