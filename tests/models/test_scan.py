@@ -119,9 +119,10 @@ def test_dispatcher_on_cpu_and_shape_errors(monkeypatch) -> None:
     opts = {"delta_softplus": True}
     # against the plain sequential loop, not against the path it dispatches to
     torch.testing.assert_close(selective_scan(**x, **opts), selective_scan_ref(**x, **opts), rtol=1e-5, atol=1e-6)
-    # and it really routes CPU tensors to the chunked scan
+    # and without the C kernels it really routes CPU tensors to the chunked scan
     import tokenunify.models.scan as scan_module
 
+    monkeypatch.setenv("TOKENUNIFY_NATIVE", "off")
     calls = []
     monkeypatch.setattr(scan_module, "selective_scan_chunked", lambda *a, **k: calls.append(1) or "chunked")
     assert scan_module.selective_scan(**x) == "chunked" and calls == [1]

@@ -11,8 +11,11 @@ Here every reduction runs over axis 1, which torch vectorises across the
 contiguous voxels, and the backward pass is the closed-form LayerNorm
 gradient instead of autograd's chain of elementwise ops.
 
-Statistics and output are fp32, as ``nn.LayerNorm`` under autocast (it is
-on autocast's fp32 list); without autocast the output has the input's dtype.
+Statistics are fp32 (float64 for float64 input); the output has the
+input's dtype, as ``F.layer_norm`` gives a bf16 map with fp32 weights, with
+or without autocast. On a channels-last map the C kernel
+(``csrc/channel_norm.c``, :mod:`tokenunify.models.native`) does the same in
+one pass per row and direction.
 """
 
 from __future__ import annotations
@@ -39,26 +42,27 @@ def _shape(x: Tensor) -> tuple[int, ...]:
 class _ChannelNorm(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x: Tensor, weight: Tensor, bias: Tensor, eps: float) -> Tensor:  # type: ignore[override]
-        xf = x.float()
+        acc = torch.promote_types(x.dtype, torch.float32)
+        xf = x.to(acc)
         centred = xf - xf.mean(1, keepdim=True)
         rstd = centred.square().mean(1, keepdim=True).add_(eps).rsqrt_()
         xhat = centred.mul_(rstd)
         sh = _shape(x)
         ctx.save_for_backward(xhat, rstd, weight)
         ctx.x_dtype = x.dtype
-        return torch.addcmul(bias.float().view(sh), xhat, weight.float().view(sh))
+        return torch.addcmul(bias.to(acc).view(sh), xhat, weight.to(acc).view(sh)).to(x.dtype)
 
     @staticmethod
     @once_differentiable
     def backward(ctx, grad: Tensor):  # type: ignore[override]
         xhat, rstd, weight = ctx.saved_tensors
-        g = grad.float()
+        g = grad.to(xhat.dtype)
         dims = [0, *range(2, g.dim())]
         g_bias = g.sum(dims) if ctx.needs_input_grad[2] else None
         g_weight = (g * xhat).sum(dims) if ctx.needs_input_grad[1] else None
         g_x = None
         if ctx.needs_input_grad[0]:
-            gx = g * weight.float().view(_shape(g))
+            gx = g * weight.to(xhat.dtype).view(_shape(g))
             # d xhat / d x projects out the mean and the xhat direction, then scales by rstd
             proj = (gx * xhat).mean(1, keepdim=True)
             gx.sub_(gx.mean(1, keepdim=True)).sub_(xhat * proj).mul_(rstd)
@@ -74,10 +78,11 @@ class _NativeChannelNorm(torch.autograd.Function):
     def forward(ctx, x: Tensor, weight: Tensor, bias: Tensor, eps: float) -> Tensor:  # type: ignore[override]
         lib = library()
         assert lib is not None
+        ctx.lib = lib  # the backward pass uses the same kernels whatever the mode is by then
         last = x.movedim(1, -1)  # contiguous: checked by the caller
         rows, c = last.numel() // x.shape[1], x.shape[1]
         w, b = weight.detach().float().contiguous(), bias.detach().float().contiguous()
-        y = torch.empty(last.shape, dtype=torch.float32)
+        y = torch.empty(last.shape, dtype=x.dtype)
         xhat = torch.empty(last.shape, dtype=torch.float32)
         rstd = torch.empty(rows, dtype=torch.float32)
         lib.channel_norm_forward(last.data_ptr(), int(x.dtype == torch.bfloat16), w.data_ptr(), b.data_ptr(),
@@ -89,8 +94,7 @@ class _NativeChannelNorm(torch.autograd.Function):
     @staticmethod
     @once_differentiable
     def backward(ctx, grad: Tensor):  # type: ignore[override]
-        lib = library()
-        assert lib is not None
+        lib = ctx.lib
         xhat, rstd, w = ctx.saved_tensors
         g = grad.movedim(1, -1).float().contiguous()
         rows, c = rstd.numel(), w.numel()
@@ -121,8 +125,7 @@ def channel_norm(x: Tensor, weight: Tensor, bias: Tensor, eps: float) -> Tensor:
     if _REFERENCE:
         return channel_norm_reference(x, weight, bias, eps)
     fn = _NativeChannelNorm if _native_fits(x, weight) else _ChannelNorm
-    out = fn.apply(x, weight, bias, float(eps))
-    return out if torch.is_autocast_enabled(x.device.type) else out.to(x.dtype)
+    return fn.apply(x, weight, bias, float(eps))
 
 
 def channel_norm_reference(x: Tensor, weight: Tensor, bias: Tensor, eps: float) -> Tensor:

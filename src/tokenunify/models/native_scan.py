@@ -39,6 +39,7 @@ class _NativeScan(torch.autograd.Function):
     def forward(ctx, u: Tensor, dt: Tensor, A: Tensor, B: Tensor, C: Tensor) -> Tensor:  # type: ignore[override]
         lib = library()
         assert lib is not None
+        ctx.lib = lib  # the backward pass uses the same kernels whatever the mode is by then
         batch, dim, length = u.shape
         n = A.shape[1]
         u, dt, A = _time_major(u), _time_major(dt), A.contiguous()
@@ -53,8 +54,7 @@ class _NativeScan(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, gy: Tensor):  # type: ignore[override]
-        lib = library()
-        assert lib is not None
+        lib = ctx.lib
         u, dt, A, Bt, Ct, ckpt = ctx.saved_tensors  # u, dt: (B, L, D)
         batch, length, dim = u.shape
         n = A.shape[1]

@@ -1,8 +1,8 @@
 /* Per-voxel LayerNorm over the channels of a channels-last feature map, forward and backward.
  *
  * x is (M, C): one row of C channels per voxel, contiguous, fp32 or bf16
- * (is_bf16). The forward pass writes the fp32 output y and the normalised
- * xhat, and rstd per row; the backward pass writes dL/dx in x's dtype and
+ * (is_bf16). The forward pass writes the output y in x's dtype, the fp32
+ * normalised xhat and rstd per row; the backward pass writes dL/dx in x's dtype and
  * adds dL/dweight, dL/dbias into per-part partials (C) that the caller
  * sums. One pass over a row in each direction, where PyTorch's route takes
  * a dozen elementwise passes (tokenunify.models.channel_norm).
@@ -26,7 +26,7 @@ static inline uint16_t f32_to_bf16(float f) { /* round to nearest even, as torch
     return (uint16_t)(bits >> 16);
 }
 
-static void forward_rows(const void *x, int64_t is_bf16, const float *w, const float *b, float eps, float *y,
+static void forward_rows(const void *x, int64_t is_bf16, const float *w, const float *b, float eps, void *y,
                          float *xhat, float *rstd, int64_t C, int64_t r0, int64_t r1) {
     float row[C];
     for (int64_t r = r0; r < r1; ++r) {
@@ -44,12 +44,18 @@ static void forward_rows(const void *x, int64_t is_bf16, const float *w, const f
 #pragma omp simd reduction(+ : ss)
         for (int64_t c = 0; c < C; ++c) ss += (row[c] - mean) * (row[c] - mean);
         const float rs = 1.0f / sqrtf(ss / (float)C + eps);
-        float *yr = y + r * C, *hr = xhat + r * C;
+        float *hr = xhat + r * C;
 #pragma omp simd
         for (int64_t c = 0; c < C; ++c) {
             const float h = (row[c] - mean) * rs;
             hr[c] = h;
-            yr[c] = h * w[c] + b[c];
+            row[c] = h * w[c] + b[c];
+        }
+        if (is_bf16) {
+            uint16_t *yr = (uint16_t *)y + r * C;
+            for (int64_t c = 0; c < C; ++c) yr[c] = f32_to_bf16(row[c]);
+        } else {
+            memcpy((float *)y + r * C, row, C * sizeof(float));
         }
         rstd[r] = rs;
     }
@@ -85,7 +91,7 @@ static void backward_rows(const float *g, const float *xhat, const float *rstd, 
 
 /* Entry points: M rows split into `parts` ranges on torch's OpenMP team (see
  * selective_scan.c); part p adds into gw_part + p * C and gb_part + p * C. */
-void channel_norm_forward(const void *x, int64_t is_bf16, const float *w, const float *b, float eps, float *y,
+void channel_norm_forward(const void *x, int64_t is_bf16, const float *w, const float *b, float eps, void *y,
                           float *xhat, float *rstd, int64_t C, int64_t M, int64_t parts) {
 #pragma omp parallel for num_threads(parts) schedule(static, 1)
     for (int64_t p = 0; p < parts; ++p)
