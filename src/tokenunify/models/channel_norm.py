@@ -15,7 +15,8 @@ Statistics are fp32 (float64 for float64 input); the output has the
 input's dtype, as ``F.layer_norm`` gives a bf16 map with fp32 weights, with
 or without autocast. On a channels-last map the C kernel
 (``csrc/channel_norm.c``, :mod:`tokenunify.models.native`) does the same in
-one pass per row and direction.
+one pass per row and direction; without it a channels-last map takes the
+plain ``F.layer_norm`` route, which needs no copy there.
 """
 
 from __future__ import annotations
@@ -124,8 +125,11 @@ def channel_norm(x: Tensor, weight: Tensor, bias: Tensor, eps: float) -> Tensor:
                          f"weight {tuple(weight.shape)}, bias {tuple(bias.shape)}")
     if _REFERENCE:
         return channel_norm_reference(x, weight, bias, eps)
-    fn = _NativeChannelNorm if _native_fits(x, weight) else _ChannelNorm
-    return fn.apply(x, weight, bias, float(eps))
+    if _native_fits(x, weight):
+        return _NativeChannelNorm.apply(x, weight, bias, float(eps))
+    if x.movedim(1, -1).is_contiguous():  # channels-last: the plain route needs no copy (and is one kernel on CUDA)
+        return channel_norm_reference(x, weight, bias, eps)
+    return _ChannelNorm.apply(x, weight, bias, float(eps))
 
 
 def channel_norm_reference(x: Tensor, weight: Tensor, bias: Tensor, eps: float) -> Tensor:

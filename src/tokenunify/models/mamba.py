@@ -215,7 +215,7 @@ class MultiDirectionMamba(nn.Module):
         """``(B, C, D, H, W)`` -> same shape."""
         if x.dim() != 5:
             raise ValueError(f"expected (B, C, D, H, W), got {tuple(x.shape)}")
-        if isinstance(self.norm, nn.LayerNorm):  # in place, not via a channels-last copy
+        if isinstance(self.norm, nn.LayerNorm) and self.norm.weight is not None and self.norm.bias is not None:
             normed = channel_norm(x, self.norm.weight, self.norm.bias, self.norm.eps)
         else:
             normed = self.norm(x.movedim(1, -1)).movedim(-1, 1)

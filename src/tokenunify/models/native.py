@@ -20,6 +20,7 @@ import ctypes
 import hashlib
 import os
 import platform
+import re
 import shutil
 import subprocess
 import tempfile
@@ -29,7 +30,7 @@ from pathlib import Path
 
 import torch
 
-__all__ = ["NativeError", "failure", "library", "native_available", "native_mode", "parts"]
+__all__ = ["NativeError", "failure", "library", "native_available", "native_mode", "openmp_runtimes", "parts"]
 
 _SOURCES = tuple(Path(__file__).parent / "csrc" / name for name in ("selective_scan.c", "channel_norm.c"))
 # no -ffast-math: results must not depend on the process's floating-point mode.
@@ -79,8 +80,11 @@ def _build(out: Path, compiler: str) -> None:
     with tempfile.TemporaryDirectory(dir=out.parent) as tmp:
         target = Path(tmp) / out.name
         errors = []
-        for extra in (_NATIVE_FLAGS, []):  # -march=native is unknown to some compilers / CPUs
-            cmd = [compiler, *_FLAGS, *extra, *map(str, _SOURCES), "-o", str(target), "-lm"]
+        # -march=native is unknown to some compilers / CPUs, OpenMP to some compilers
+        # (then the kernels run their row ranges one after another, still correct)
+        serial = [f for f in _FLAGS if f != "-fopenmp"]
+        for flags in ([*_FLAGS, *_NATIVE_FLAGS], _FLAGS, serial):
+            cmd = [compiler, *flags, *map(str, _SOURCES), "-o", str(target), "-lm"]
             proc = subprocess.run(cmd, capture_output=True, text=True)
             if proc.returncode == 0:
                 os.replace(target, out)  # atomic: concurrent builders (study workers) never see half a file
@@ -96,7 +100,7 @@ def _load() -> ctypes.CDLL:
     parts = [s.read_bytes() for s in _SOURCES] + [" ".join(_FLAGS + _NATIVE_FLAGS).encode(), compiler.encode(),
                                                   _cpu_key().encode()]
     key = hashlib.sha256(b"\0".join(parts)).hexdigest()[:16]
-    cache = Path(os.environ.get("TOKENUNIFY_CACHE", Path.home() / ".cache" / "tokenunify"))
+    cache = Path(os.environ.get("TOKENUNIFY_CACHE") or Path.home() / ".cache" / "tokenunify")
     path = cache / f"kernels_{key}.so"
     if not path.exists():
         _build(path, compiler)
@@ -104,7 +108,27 @@ def _load() -> ctypes.CDLL:
     for name, argtypes in _SIGNATURES.items():
         fn = getattr(lib, name)
         fn.argtypes, fn.restype = argtypes, None
+    runtimes = openmp_runtimes()
+    if len(runtimes) > 1:
+        warnings.warn(f"the C kernels and torch use different OpenMP runtimes ({', '.join(sorted(runtimes))}); their "
+                      "thread pools will compete for the cores (set OMP_NUM_THREADS, or TOKENUNIFY_NATIVE=off)",
+                      RuntimeWarning, stacklevel=4)
     return lib
+
+
+def openmp_runtimes() -> set[str]:
+    """Files of the OpenMP runtimes loaded in this process (Linux; empty elsewhere).
+
+    One is the design: the kernels' library links ``libgomp.so.1`` by soname
+    and so gets the copy torch loaded. Wheels that rename their runtime (or
+    use LLVM / Intel OpenMP) would give a second pool.
+    """
+    try:
+        lines = Path("/proc/self/maps").read_text().splitlines()
+    except OSError:
+        return set()
+    files = {line.split()[-1] for line in lines if len(line.split()) >= 6}
+    return {f for f in files if re.search(r"/lib(gomp|omp|iomp5)[^/]*\.so", f)}
 
 
 def library() -> ctypes.CDLL | None:
@@ -117,7 +141,7 @@ def library() -> ctypes.CDLL | None:
         if _lib is None and _failure is None:
             try:
                 _lib = _load()
-            except (NativeError, OSError) as err:
+            except (NativeError, OSError, RuntimeError) as err:  # RuntimeError: no home folder for the cache
                 _failure = str(err)
                 if mode == "auto":
                     warnings.warn(f"C kernels unavailable, using the PyTorch paths: {err}", RuntimeWarning,

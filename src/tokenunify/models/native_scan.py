@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import torch
 from torch import Tensor
+from torch.autograd.function import once_differentiable
 
 from tokenunify.models.native import NativeError, failure, library, parts
 
@@ -53,6 +54,7 @@ class _NativeScan(torch.autograd.Function):
         return y.transpose(1, 2)
 
     @staticmethod
+    @once_differentiable
     def backward(ctx, gy: Tensor):  # type: ignore[override]
         lib = ctx.lib
         u, dt, A, Bt, Ct, ckpt = ctx.saved_tensors  # u, dt: (B, L, D)
