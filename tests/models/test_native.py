@@ -222,14 +222,14 @@ def test_channel_norm_without_kernels_takes_the_plain_route_on_channels_last(mon
 
 @needs_native
 def test_channel_norm_native_threads_agree() -> None:
-    x = torch.randn(2, 16, 5, 7, 9).contiguous(memory_format=CL)
+    x = torch.randn(2, 16, 5, 7, 9).bfloat16().contiguous(memory_format=CL)  # bf16: the kernel's route
     grads = []
     before = torch.get_num_threads()
     try:
         for threads in (1, 2):
             torch.set_num_threads(threads)
             (x1, w1, b1), _ = _norm_pair(x)
-            channel_norm(x1, w1, b1, 1e-3).square().sum().backward()
+            channel_norm(x1, w1, b1, 1e-3).float().square().sum().backward()
             grads.append((x1.grad, w1.grad, b1.grad))
     finally:
         torch.set_num_threads(before)
