@@ -100,16 +100,9 @@ def selective_scan_native(
     The recurrence runs in fp32 with autocast disabled; ``D``, ``z`` and the
     softplus stay in autograd, as in the chunked path.
     """
-    from tokenunify.models.scan import _check, _finish, _prepare_delta
+    from tokenunify.models.scan import _check, around_core
 
     _check(u, delta, A, B, C)
     if u.device.type != "cpu":
         raise ValueError(f"the native scan runs on the CPU, got {u.device}")
-    dtype = u.dtype
-    if u.shape[-1] == 0:
-        return u.new_zeros(u.shape)
-    with torch.autocast("cpu", enabled=False):
-        uf = u.float()
-        dt = _prepare_delta(delta, delta_bias, delta_softplus)
-        y = native_scan(uf, dt, A.float(), B.float(), C.float())
-        return _finish(y, uf, D, z, dtype)
+    return around_core(native_scan, u, delta, A, B, C, D, z, delta_bias, delta_softplus)

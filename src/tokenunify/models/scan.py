@@ -31,7 +31,7 @@ tensor ever exists and small chunks stay in cache.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -39,6 +39,7 @@ from torch import Tensor
 
 __all__ = [
     "DEFAULT_CHUNK_SIZE",
+    "around_core",
     "DEFAULT_SUB_CHUNK",
     "mamba_ssm_available",
     "selective_scan",
@@ -87,6 +88,32 @@ def _finish(y: Tensor, u: Tensor, D: Tensor | None, z: Tensor | None, dtype: tor
     if z is not None:
         y = y * F.silu(z.float())
     return y.to(dtype)
+
+
+def around_core(
+    core: Callable[[Tensor, Tensor, Tensor, Tensor, Tensor], Tensor],
+    u: Tensor,
+    delta: Tensor,
+    A: Tensor,
+    B: Tensor,
+    C: Tensor,
+    D: Tensor | None,
+    z: Tensor | None,
+    delta_bias: Tensor | None,
+    delta_softplus: bool,
+) -> Tensor:
+    """What the fast paths share around their core ``y_t = C_t . h_t``: fp32 without autocast, delta, D, gate.
+
+    ``core`` takes fp32 ``(u, dt, A, B, C)`` with ``dt`` final (bias and
+    softplus applied); D, z and the softplus stay in autograd. Returns
+    ``u``'s dtype; an empty sequence gives zeros.
+    """
+    if u.shape[-1] == 0:
+        return u.new_zeros(u.shape)
+    with torch.autocast(u.device.type, enabled=False):
+        uf = u.float()
+        dt = _prepare_delta(delta, delta_bias, delta_softplus)
+        return _finish(core(uf, dt, A.float(), B.float(), C.float()), uf, D, z, u.dtype)
 
 
 def selective_scan_ref(
@@ -289,15 +316,9 @@ def selective_scan_chunked(
     sub_chunk = DEFAULT_SUB_CHUNK if sub_chunk is None else sub_chunk
     if sub_chunk < 1 or chunk_size < 1:
         raise ValueError("chunk_size and sub_chunk must be >= 1")
-    dtype = u.dtype
-    if u.shape[-1] == 0:
-        return u.new_zeros(u.shape)
     chunk = -(-chunk_size // sub_chunk) * sub_chunk
-    with torch.autocast(u.device.type, enabled=False):
-        uf = u.float()
-        dt = _prepare_delta(delta, delta_bias, delta_softplus)
-        y = _ChunkedScan.apply(uf, dt, A.float(), B.float(), C.float(), chunk, sub_chunk)
-        return _finish(y, uf, D, z, dtype)
+    return around_core(lambda *t: _ChunkedScan.apply(*t, chunk, sub_chunk), u, delta, A, B, C, D, z, delta_bias,
+                       delta_softplus)
 
 
 _MAMBA_SSM: object | None = None
