@@ -1,0 +1,94 @@
+"""What a study run's ARAND is made of: split and merge pairs, and the largest objects' fate.
+
+ARAND = 1 - same_both / mean(same_seg, same_gt), over pairs of voxels in
+the same ground-truth object (same_gt), the same segment (same_seg) or both.
+It splits into a split term, 1 - same_both / same_gt (ground-truth objects
+cut apart), and a merge term, 1 - same_both / same_seg (segments spanning
+objects). Because pairs grow with the square of an object's size, the few
+largest objects of a small cube decide it. For every finished run of a
+study folder this predicts the validation part with the final weights,
+segments it at the threshold the run's validation chose (result.json,
+unjittered affinities, the study's scorer and fragments), and prints both
+terms and, for the `--objects` largest ground-truth objects, the share of
+the object inside its largest segment and the share of that segment which
+belongs to other objects.
+
+    python benchmarks/arand_anatomy.py runs/study/finetune [-c configs/study_fib.yaml] [--objects 4]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from segment_settings import finished_runs, predict_slabs  # noqa: E402
+from threshold_grid import study_segment_settings  # noqa: E402
+
+from tokenunify.evaluate.metrics import contingency  # noqa: E402
+from tokenunify.postprocess.pipeline import segmentations  # noqa: E402
+
+
+def _pairs(counts: np.ndarray) -> int:
+    c = counts.astype(np.int64)
+    return int(np.dot(c, c) - c.sum())
+
+
+def rand_terms(seg: np.ndarray, gt: np.ndarray) -> dict[str, float]:
+    """ARAND and its split and merge terms (ground-truth label 0 left out)."""
+    table = contingency(seg, gt, (0,))
+    both, same_seg, same_gt = _pairs(table.pair_counts), _pairs(table.seg_sizes), _pairs(table.gt_sizes)
+    return {"arand": 1.0 - both / (0.5 * (same_seg + same_gt)),
+            "split": 1.0 - both / same_gt, "merge": 1.0 - both / same_seg}
+
+
+def largest_objects(seg: np.ndarray, gt: np.ndarray, count: int) -> list[dict[str, float]]:
+    """For the `count` largest ground-truth objects: size, share in their largest segment, foreign share of it."""
+    ids, sizes = np.unique(gt[gt > 0], return_counts=True)
+    out = []
+    for g, size in sorted(zip(ids, sizes), key=lambda p: -p[1])[:count]:
+        inside = seg[gt == g]
+        labels, counts = np.unique(inside, return_counts=True)
+        top = labels[np.argmax(counts)]
+        segment = (seg == top) & (gt > 0)
+        out.append({"voxels": int(size), "kept": float(counts.max() / size),
+                    "foreign": float(1.0 - counts.max() / segment.sum())})
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("folder", type=Path, help="a study's finetune/ folder")
+    parser.add_argument("-c", "--config", type=Path, default=Path("configs/study_fib.yaml"))
+    parser.add_argument("--val-z", type=int, nargs=2, default=(120, 160))
+    parser.add_argument("--objects", type=int, default=4)
+    parser.add_argument("--shard", default="0/1", help="i/n: every n-th run from the i-th")
+    parser.add_argument("--json", type=Path, help="write every run's figures here")
+    args = parser.parse_args()
+    index, count = (int(x) for x in args.shard.split("/"))
+    torch.set_num_threads(1)
+    settings = study_segment_settings(args.config)
+    rows: list[dict[str, Any]] = []
+    for run in finished_runs(args.folder)[index::count]:
+        threshold = float(json.loads((run / "result.json").read_text())["final"]["threshold"])
+        affs, gts, offsets = predict_slabs(run, {"validation": tuple(args.val_z)})
+        (_, seg), = segmentations(affs["validation"], offsets, settings, [threshold])
+        gt = gts["validation"]
+        row = {"run": str(run.relative_to(args.folder)), "threshold": threshold, **rand_terms(seg, gt),
+               "objects": largest_objects(seg, gt, args.objects)}
+        rows.append(row)
+        objects = " ".join(f"{o['voxels'] // 1000}k {o['kept']:.2f}/{o['foreign']:.2f}" for o in row["objects"])
+        print(f"{row['run']} threshold {threshold}: ARAND {row['arand']:.3f} (split {row['split']:.3f}, "
+              f"merge {row['merge']:.3f}); largest objects, kept/foreign: {objects}", flush=True)
+    if args.json:
+        args.json.write_text(json.dumps(rows, indent=1))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,40 @@
+"""benchmarks/arand_anatomy.py: the split and merge terms against the project's ARAND and a hand count."""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from tokenunify.evaluate.metrics import adapted_rand_error
+
+_DIR = Path(__file__).resolve().parents[2] / "benchmarks"
+sys.path.insert(0, str(_DIR))
+_spec = importlib.util.spec_from_file_location("arand_anatomy", _DIR / "arand_anatomy.py")
+anatomy = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(anatomy)
+
+
+def test_terms_match_arand_on_random_labels() -> None:
+    rng = np.random.default_rng(0)
+    gt = rng.integers(0, 4, (6, 7, 8)).astype(np.uint64)
+    seg = rng.integers(1, 5, (6, 7, 8)).astype(np.uint64)
+    terms = anatomy.rand_terms(seg, gt)
+    assert abs(terms["arand"] - adapted_rand_error(seg, gt)) < 1e-12
+
+
+def test_a_pure_split_has_no_merge_term() -> None:
+    gt = np.ones((1, 1, 4), np.uint64)  # one object of 4 voxels: 12 ordered pairs
+    seg = np.array([[[1, 1, 2, 2]]], np.uint64)  # cut in halves: 2 + 2 pairs kept
+    terms = anatomy.rand_terms(seg, gt)
+    assert terms["merge"] == 0.0 and abs(terms["split"] - (1 - 4 / 12)) < 1e-12
+
+
+def test_largest_objects_kept_and_foreign_shares() -> None:
+    gt = np.array([[[1, 1, 1, 2, 2, 0]]], np.uint64)  # label 0 is not counted as foreign
+    seg = np.array([[[5, 5, 6, 6, 6, 6]]], np.uint64)
+    big, small = anatomy.largest_objects(seg, gt, 2)
+    assert big == {"voxels": 3, "kept": 2 / 3, "foreign": 0.0}
+    assert small["voxels"] == 2 and small["kept"] == 1.0 and abs(small["foreign"] - 1 / 3) < 1e-12
