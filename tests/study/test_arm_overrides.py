@@ -147,11 +147,15 @@ def test_the_investigation_config_extends_the_default(monkeypatch):
     study = load_study(config, [], quick=False)
     default = load_study(config.parent / "study_fib.yaml", [], quick=False)
     assert study.budgets == default.budgets
-    # apart from the fine-tuning length and scorer the investigation ran with, the default's fine-tuning
+    # apart from what the investigation ran with (pinned so its stages keep their fingerprints), the
+    # default's fine-tuning
     tuned, base = to_dict(study.finetune), to_dict(default.finetune)
-    assert (tuned["train"].pop("steps"), base["train"].pop("steps")) == (400, 800)
+    assert (tuned["train"].pop("steps"), base["train"].pop("steps")) == (400, 1200)
+    assert (tuned["train"].pop("encoder_lr_scale"), base["train"].pop("encoder_lr_scale")) == (1.0, 3.0)
     assert "HistogramQuantileAffinity" in tuned["segment"].pop("scoring")
     assert "MeanAffinity" in base["segment"].pop("scoring")
+    coarse, fine = tuned["segment"].pop("thresholds"), base["segment"].pop("thresholds")
+    assert set(coarse) < set(fine) and 0.65 in fine and 0.65 not in coarse
     assert tuned == base
     assert study.out_dir != default.out_dir and study.report_dir != default.report_dir
     stages = plan_study(study)
