@@ -49,15 +49,18 @@ def rand_terms(seg: np.ndarray, gt: np.ndarray) -> dict[str, float]:
 
 
 def largest_objects(seg: np.ndarray, gt: np.ndarray, count: int) -> list[dict[str, float]]:
-    """For the `count` largest ground-truth objects: size, share in their largest segment, foreign share of it."""
+    """For the `count` largest ground-truth objects: label, size, share of all labelled voxels,
+    share kept in their largest segment, and the foreign share of that segment."""
     ids, sizes = np.unique(gt[gt > 0], return_counts=True)
+    labelled = int(sizes.sum())
     out = []
     for g, size in sorted(zip(ids, sizes), key=lambda p: -p[1])[:count]:
         inside = seg[gt == g]
         labels, counts = np.unique(inside, return_counts=True)
         top = labels[np.argmax(counts)]
         segment = (seg == top) & (gt > 0)
-        out.append({"voxels": int(size), "kept": float(counts.max() / size),
+        out.append({"label": int(g), "voxels": int(size), "of_labelled": float(size / labelled),
+                    "kept": float(counts.max() / size),
                     "foreign": float(1.0 - counts.max() / segment.sum())})
     return out
 
@@ -83,7 +86,8 @@ def main() -> None:
         row = {"run": str(run.relative_to(args.folder)), "threshold": threshold, **rand_terms(seg, gt),
                "objects": largest_objects(seg, gt, args.objects)}
         rows.append(row)
-        objects = " ".join(f"{o['voxels'] // 1000}k {o['kept']:.2f}/{o['foreign']:.2f}" for o in row["objects"])
+        objects = " ".join(f"#{o['label']} {o['voxels'] // 1000}k ({o['of_labelled']:.0%}) {o['kept']:.2f}/{o['foreign']:.2f}"
+                           for o in row["objects"])
         print(f"{row['run']} threshold {threshold}: ARAND {row['arand']:.3f} (split {row['split']:.3f}, "
               f"merge {row['merge']:.3f}); largest objects, kept/foreign: {objects}", flush=True)
     if args.json:

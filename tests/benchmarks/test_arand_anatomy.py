@@ -36,5 +36,5 @@ def test_largest_objects_kept_and_foreign_shares() -> None:
     gt = np.array([[[1, 1, 1, 2, 2, 0]]], np.uint64)  # label 0 is not counted as foreign
     seg = np.array([[[5, 5, 6, 6, 6, 6]]], np.uint64)
     big, small = anatomy.largest_objects(seg, gt, 2)
-    assert big == {"voxels": 3, "kept": 2 / 3, "foreign": 0.0}
+    assert big == {"label": 1, "voxels": 3, "of_labelled": 3 / 5, "kept": 2 / 3, "foreign": 0.0}
     assert small["voxels"] == 2 and small["kept"] == 1.0 and abs(small["foreign"] - 1 / 3) < 1e-12
