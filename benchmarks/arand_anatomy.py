@@ -31,19 +31,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from segment_settings import finished_runs, predict_slabs  # noqa: E402
 from threshold_grid import study_segment_settings  # noqa: E402
 
-from tokenunify.evaluate.metrics import contingency  # noqa: E402
+from tokenunify.evaluate.metrics import contingency, rand_pairs  # noqa: E402
 from tokenunify.postprocess.pipeline import segmentations  # noqa: E402
-
-
-def _pairs(counts: np.ndarray) -> int:
-    c = counts.astype(np.int64)
-    return int(np.dot(c, c) - c.sum())
 
 
 def rand_terms(seg: np.ndarray, gt: np.ndarray) -> dict[str, float]:
     """ARAND and its split and merge terms (ground-truth label 0 left out)."""
-    table = contingency(seg, gt, (0,))
-    both, same_seg, same_gt = _pairs(table.pair_counts), _pairs(table.seg_sizes), _pairs(table.gt_sizes)
+    both, same_seg, same_gt = rand_pairs(contingency(seg, gt, (0,)))
     return {"arand": 1.0 - both / (0.5 * (same_seg + same_gt)),
             "split": 1.0 - both / same_gt, "merge": 1.0 - both / same_seg}
 

@@ -31,10 +31,10 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from segment_settings import finished_runs, predict_slabs  # noqa: E402
 
-from tokenunify.config import load_yaml  # noqa: E402
 from tokenunify.evaluate.sweep import best_row  # noqa: E402
 from tokenunify.postprocess.pipeline import sweep_scores  # noqa: E402
 from tokenunify.postprocess.settings import SegmentSettings  # noqa: E402
+from tokenunify.study.run_study import load_study  # noqa: E402
 
 COARSE = [0.05, 0.1, 0.15, 0.2, 0.25, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8]
 FINE = [0.05, 0.1, 0.15, 0.2, 0.25, 0.3, 0.4, 0.45, 0.5, 0.55, 0.6, 0.65, 0.7, 0.75, 0.8]
@@ -52,10 +52,7 @@ def parse_grid(text: str) -> tuple[str, list[float]]:
 
 def study_segment_settings(config: Path) -> SegmentSettings:
     """The `finetune.segment` settings of a study config, without cross-fitting (the whole slab is scored)."""
-    segment = load_yaml(config)["finetune"]["segment"]
-    fields = {f.name for f in dataclasses.fields(SegmentSettings)}
-    settings = SegmentSettings(**{k: v for k, v in segment.items() if k in fields})
-    return dataclasses.replace(settings, cross_fit_parts=1)
+    return dataclasses.replace(load_study(config, [], quick=False).finetune.segment, cross_fit_parts=1)
 
 
 def grid_figures(rows: list[dict[str, Any]], grid: list[float]) -> dict[str, float]:

@@ -39,3 +39,13 @@ def test_table_means_and_floor_count() -> None:
             {"tuning": {"a": _row(0.6, 3.0, 0.5)}, "validation": {"a": _row(0.6, 2.0, grid_mod.FLOOR_ARAND)}}]
     last = grid_mod.table(runs, {"a": [0.5, 0.6]}).splitlines()[-1]
     assert last == "| a | 2.500 | 0.400 | 1.500 | 0.194 | 1 of 2 |"  # a tie with the floor does not beat it
+
+
+def test_study_segment_settings_follow_the_config_and_its_extends(monkeypatch) -> None:
+    monkeypatch.setenv("TOKENUNIFY_DATA", "/nonexistent")
+    configs = Path(__file__).resolve().parents[2] / "configs"
+    default = grid_mod.study_segment_settings(configs / "study_fib.yaml")
+    assert default.cross_fit_parts == 1 and default.jitter_repeats == 3 and "MeanAffinity" in default.scoring
+    assert default.thresholds == grid_mod.FINE
+    investigation = grid_mod.study_segment_settings(configs / "study_fib_investigate.yaml")
+    assert investigation.thresholds == grid_mod.COARSE and "HistogramQuantile" in investigation.scoring

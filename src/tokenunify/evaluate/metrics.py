@@ -35,6 +35,7 @@ __all__ = [
     "variation_of_information",
     "adapted_rand_error",
     "evaluate_segmentation",
+    "rand_pairs",
     "scores_from_table",
     "table_from_pairs",
 ]
@@ -165,15 +166,21 @@ def _voi_from_table(table: Contingency) -> tuple[float, float]:
     return max(split, 0.0), max(merge, 0.0)
 
 
-def _arand_from_table(table: Contingency) -> float:
-    # pairs of distinct voxels: sum n(n-1), as skimage (and SNEMI3D) count them
+def rand_pairs(table: Contingency) -> tuple[int, int, int]:
+    """Ordered pairs of distinct voxels in the same (segment and gt object, segment, gt object).
+
+    Pairs are counted as sum n(n-1), as skimage (and SNEMI3D) count them;
+    ARAND is ``1 - same_both / mean(same_seg, same_gt)``.
+    """
     def pairs(counts: np.ndarray) -> int:
         c = counts.astype(np.int64)
         return int(np.dot(c, c) - c.sum())
 
-    same_both = pairs(table.pair_counts)
-    same_seg = pairs(table.seg_sizes)
-    same_gt = pairs(table.gt_sizes)
+    return pairs(table.pair_counts), pairs(table.seg_sizes), pairs(table.gt_sizes)
+
+
+def _arand_from_table(table: Contingency) -> float:
+    same_both, same_seg, same_gt = rand_pairs(table)
     denominator = 0.5 * (same_seg + same_gt)
     if denominator == 0:
         # every counted voxel is a singleton in both: the partitions agree
