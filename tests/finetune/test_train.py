@@ -144,3 +144,27 @@ def test_load_pretrained_reports_and_checks_shapes(volume, tmp_path):
         load_pretrained(other, tmp_path / "src.pt")
     report = load_pretrained(other, tmp_path / "src.pt", allow_mismatch=True)
     assert report["mismatched"] and report["fresh"]
+
+
+def test_balance_clip_sets_the_loss_weights(volume, tmp_path):
+    """`train.balance_clip` reaches the batch weights: [0.5, 0.5] weighs every masked edge 1 (plain BCE)."""
+    from tokenunify.finetune.affinities import balance_weights
+    from tokenunify.finetune.train import make_batch, open_training_data
+
+    plain = tiny_settings(volume, tmp_path / "a", balance_clip=[0.5, 0.5])
+    balanced = tiny_settings(volume, tmp_path / "b")
+    shape = tuple(plain.train.crop)
+    batches = [make_batch(open_training_data(s, shape), s, np.random.default_rng(3)) for s in (plain, balanced)]
+    (_, target, weight), (_, target_b, weight_b) = batches
+    assert torch.equal(target, target_b)
+    masked = weight > 0
+    assert masked.any() and torch.all(weight[masked] == 1.0)
+    assert torch.equal(masked, weight_b > 0)
+    # the default clip gives the two classes equal totals per channel, as balance_weights does
+    np.testing.assert_allclose(weight_b[0].numpy(),
+                               balance_weights(target_b[0].numpy(), (weight_b[0] > 0).numpy()), rtol=1e-6)
+
+
+def test_bad_balance_clip_is_refused(volume, tmp_path):
+    with pytest.raises((ConfigError, ValueError), match="balance_clip"):
+        tiny_settings(volume, tmp_path, balance_clip=[0.6, 0.4])

@@ -76,9 +76,24 @@ def test_encoder_only_arm_and_fingerprints_of_fields_added_later(tmp_path):
     old = to_dict(stage.settings)
     old.pop("out_dir")
     old.pop("init_keep_fresh")
+    old["train"].pop("balance_clip")
     old["init"] = stage.needs
     assert before == hashlib.sha256(json.dumps(old, sort_keys=True, default=str).encode()).hexdigest()[:16]
     assert runner.fingerprint(fine["enconly"]) != before
+
+
+def test_nested_field_added_later_hashes_only_when_changed(tmp_path):
+    """`train.balance_clip` at its default leaves the fingerprint alone; another value changes it."""
+    arms = [{"name": "scratch"}, {"name": "plain", "finetune_overrides": ["train.balance_clip=[0.5,0.5]"]}]
+    fine = {s.arm: s for s in plan_study(_arms(tmp_path, arms)) if s.kind == "finetune" and s.budget == "scarce"}
+    assert tuple(fine["plain"].settings.train.balance_clip) == (0.5, 0.5)
+    old = to_dict(fine["scratch"].settings)
+    old.pop("out_dir")
+    old.pop("init_keep_fresh")
+    old["train"].pop("balance_clip")
+    assert runner.fingerprint(fine["scratch"]) == hashlib.sha256(
+        json.dumps(old, sort_keys=True, default=str).encode()).hexdigest()[:16]
+    assert runner.fingerprint(fine["plain"]) != runner.fingerprint(fine["scratch"])
 
 
 def test_bad_overrides_are_config_errors_naming_the_arm(tmp_path):

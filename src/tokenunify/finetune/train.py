@@ -102,7 +102,7 @@ def make_batch(data: TrainData, settings: TrainSettings, rng: np.random.Generato
         mask = affinity_mask(labels, offsets)
         raws.append(raw[None])
         targets.append(affs)
-        weights.append(balance_weights(affs, mask))
+        weights.append(balance_weights(affs, mask, clip=tuple(settings.train.balance_clip)))
     as_tensor = lambda items: torch.from_numpy(np.stack(items).astype(np.float32, copy=False))
     return as_tensor(raws), as_tensor(targets), as_tensor(weights)
 

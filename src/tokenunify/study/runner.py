@@ -42,8 +42,20 @@ RESULT = "result.json"
 
 
 #: Config fields added after studies had run, left out of the fingerprint at
-#: their default so those studies' finished stages still match.
-_ADDED_LATER: dict[str, Any] = {"init_keep_fresh": []}
+#: their default so those studies' finished stages still match. A dotted key
+#: names a field of a section ("train.balance_clip" is config["train"]["balance_clip"]).
+_ADDED_LATER: dict[str, Any] = {"init_keep_fresh": [], "train.balance_clip": [0.05, 0.95]}
+
+
+def _drop_default(config: dict[str, Any], key: str, default: Any) -> None:
+    """Remove `key` (dotted for nested sections) from `config` where it holds `default`."""
+    *sections, field = key.split(".")
+    for name in sections:
+        config = config.get(name)
+        if not isinstance(config, dict):
+            return
+    if field in config and json.loads(json.dumps(config[field], default=str)) == default:
+        config.pop(field)
 
 
 def fingerprint(stage: Stage) -> str:
@@ -51,8 +63,7 @@ def fingerprint(stage: Stage) -> str:
     config = to_dict(stage.settings)
     config.pop("out_dir", None)
     for key, default in _ADDED_LATER.items():
-        if config.get(key) == default:
-            config.pop(key)
+        _drop_default(config, key, default)
     if config.get("init"):
         config["init"] = stage.needs  # the pretraining stage, wherever the study folder lives
     return hashlib.sha256(json.dumps(config, sort_keys=True, default=str).encode()).hexdigest()[:16]
