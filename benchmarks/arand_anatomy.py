@@ -11,7 +11,11 @@ segments it at the threshold the run's validation chose (result.json,
 unjittered affinities, the study's scorer and fragments), and prints both
 terms and, for the `--objects` largest ground-truth objects, the share of
 the object inside its largest segment and the share of that segment which
-belongs to other objects.
+belongs to other objects. For the largest object it also prints what its cut
+alone costs (the ARAND of the ground truth with only that object cut into
+the run's pieces) and the mean raw intensity on the cut, on the object's
+boundary with other labelled objects and inside it: a cut as dark as a real
+boundary is one the image supports.
 
     python benchmarks/arand_anatomy.py runs/study/finetune [-c configs/study_fib.yaml] [--objects 4]
 """
@@ -31,7 +35,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from segment_settings import finished_runs, predict_slabs  # noqa: E402
 from threshold_grid import study_segment_settings  # noqa: E402
 
-from tokenunify.evaluate.metrics import contingency, rand_pairs  # noqa: E402
+from tokenunify.config import load_yaml  # noqa: E402
+from tokenunify.evaluate.metrics import adapted_rand_error, contingency, rand_pairs  # noqa: E402
+from tokenunify.io import open_volume  # noqa: E402
 from tokenunify.postprocess.pipeline import segmentations  # noqa: E402
 
 
@@ -59,6 +65,40 @@ def largest_objects(seg: np.ndarray, gt: np.ndarray, count: int) -> list[dict[st
     return out
 
 
+def cut_alone(seg: np.ndarray, gt: np.ndarray, label: int) -> float:
+    """ARAND of the ground truth with only object `label` cut into the pieces `seg` makes of it."""
+    cut = gt.astype(np.uint64, copy=True)
+    inside = gt == label
+    pieces, index = np.unique(seg[inside], return_inverse=True)
+    if len(pieces) > 1:
+        cut[inside] = np.uint64(gt.max()) + 1 + index.astype(np.uint64)
+    return float(adapted_rand_error(cut, gt))
+
+
+def _neighbour_pairs(shape: tuple[int, ...]):
+    """(here, there) slices of every face-adjacent voxel pair, one axis at a time."""
+    for axis in range(len(shape)):
+        here = [slice(None)] * len(shape)
+        there = [slice(None)] * len(shape)
+        here[axis], there[axis] = slice(1, None), slice(None, -1)
+        yield tuple(here), tuple(there)
+
+
+def cut_intensity(seg: np.ndarray, gt: np.ndarray, raw: np.ndarray, label: int) -> dict[str, float]:
+    """Mean raw intensity of object `label`'s voxels on its cut (a face neighbour in the same object
+    and another segment), on its boundary with other labelled objects, and elsewhere inside it (nan where empty)."""
+    obj = gt == label
+    on_cut = np.zeros(gt.shape, bool)
+    on_boundary = np.zeros(gt.shape, bool)
+    for a, b in _neighbour_pairs(gt.shape):
+        for p, q in ((a, b), (b, a)):
+            on_cut[p] |= obj[p] & obj[q] & (seg[p] != seg[q])
+            on_boundary[p] |= obj[p] & (gt[q] > 0) & (gt[q] != label)
+    inner = obj & ~on_cut & ~on_boundary
+    mean = lambda m: float(raw[m].mean()) if m.any() else float("nan")
+    return {"cut": mean(on_cut), "cut_voxels": int(on_cut.sum()), "boundary": mean(on_boundary), "inside": mean(inner)}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("folder", type=Path, help="a study's finetune/ folder")
@@ -79,11 +119,17 @@ def main() -> None:
         gt = gts["validation"]
         row = {"run": str(run.relative_to(args.folder)), "threshold": threshold, **rand_terms(seg, gt),
                "objects": largest_objects(seg, gt, args.objects)}
+        label = row["objects"][0]["label"]
+        raw = np.asarray(open_volume(load_yaml(run / "config.yaml")["data"]["raw"])[args.val_z[0]:args.val_z[1]])
+        row["largest_cut"] = {"arand_alone": cut_alone(seg, gt, label), **cut_intensity(seg, gt, raw, label)}
         rows.append(row)
         objects = " ".join(f"#{o['label']} {o['voxels'] // 1000}k ({o['of_labelled']:.0%}) {o['kept']:.2f}/{o['foreign']:.2f}"
                            for o in row["objects"])
         print(f"{row['run']} threshold {threshold}: ARAND {row['arand']:.3f} (split {row['split']:.3f}, "
               f"merge {row['merge']:.3f}); largest objects, kept/foreign: {objects}", flush=True)
+        c = row["largest_cut"]
+        print(f"    #{label} cut alone: ARAND {c['arand_alone']:.3f}; raw mean on the cut {c['cut']:.1f} "
+              f"({c['cut_voxels']} voxels), on its boundary {c['boundary']:.1f}, inside {c['inside']:.1f}", flush=True)
     if args.json:
         args.json.write_text(json.dumps(rows, indent=1))
 

@@ -38,3 +38,20 @@ def test_largest_objects_kept_and_foreign_shares() -> None:
     big, small = anatomy.largest_objects(seg, gt, 2)
     assert big == {"label": 1, "voxels": 3, "of_labelled": 3 / 5, "kept": 2 / 3, "foreign": 0.0}
     assert small["voxels"] == 2 and small["kept"] == 1.0 and abs(small["foreign"] - 1 / 3) < 1e-12
+
+
+def test_cut_alone_is_the_arand_of_that_cut_only() -> None:
+    gt = np.array([[[1, 1, 1, 1, 2, 2]]], np.uint64)
+    seg = np.array([[[7, 7, 8, 8, 9, 7]]], np.uint64)  # object 1 cut in halves, object 2 also damaged
+    cut = np.array([[[3, 3, 4, 4, 2, 2]]], np.uint64)  # the ground truth with only object 1 cut
+    assert anatomy.cut_alone(seg, gt, 1) == adapted_rand_error(cut, gt)
+    assert anatomy.cut_alone(np.ones_like(seg), gt, 1) == 0.0
+
+
+def test_cut_intensity_separates_cut_boundary_and_inside() -> None:
+    gt = np.array([[[1, 1, 1, 1, 1, 2]]], np.uint64)
+    seg = np.array([[[5, 5, 6, 6, 6, 7]]], np.uint64)
+    raw = np.array([[[10, 20, 30, 40, 50, 60]]], np.float32)
+    out = anatomy.cut_intensity(seg, gt, raw, 1)
+    # cut between voxels 1 and 2; voxel 4 touches object 2; voxels 0 and 3 are inside
+    assert out == {"cut": 25.0, "cut_voxels": 2, "boundary": 50.0, "inside": 25.0}

@@ -130,6 +130,17 @@ def test_summary_and_target_check_by_hand():
     assert not agg.all_finite([_row("a", "b", 0, math.nan)])
 
 
+def test_floor_along_curve_by_hand():
+    point = lambda step, voi, arand: {"step": step, "voi": voi, "arand": arand}
+    curves = {"mae/scarce/s0": [point(2, 2.5, 0.1), point(4, 1.0, 0.1)],
+              "mae/scarce/s1": [point(2, 1.0, 0.3), point(4, 1.0, 0.197), point(6, 1.0, 0.1)],
+              "scratch/scarce/s0": [point(2, 1.0, 0.1)]}
+    mae, scratch = agg.floor_along_curve(curves, FloorSettings(voi=2.36, arand=0.197))
+    assert mae == {"arm": "mae", "budget": "scarce", "seeds": 2, "steps": [2, 4],
+                   "arand_mean": [pytest.approx(0.2), pytest.approx(0.1485)], "misses": [2, 1]}
+    assert scratch["misses"] == [0] and scratch["seeds"] == 1
+
+
 def test_study_runs_resumes_and_reports(data, monkeypatch):
     config = data / "study.yaml"
     config.write_text(yaml.safe_dump(_raw(data)))

@@ -186,6 +186,28 @@ def paired_differences(rows: Sequence[dict[str, Any]], arms: Sequence[str], budg
     return out
 
 
+def floor_along_curve(curves: dict[str, list[dict[str, Any]]], floor: FloorSettings) -> list[dict[str, Any]]:
+    """Per (arm, budget) and validated step: the mean oracle ARAND over seeds and how many runs miss the floor.
+
+    A run misses where its VOI or its ARAND is not below the floor's (as in
+    `floor_check`). This tells whether more steps would clear the floor, or
+    whether runs cross it back and forth as they train. Only steps every
+    seed of the group validated at count.
+    """
+    groups: dict[tuple[str, str], list[list[dict[str, Any]]]] = {}
+    for label, points in sorted(curves.items()):
+        arm, budget, _ = label.split("/")
+        groups.setdefault((arm, budget), []).append(points)
+    out = []
+    for (arm, budget), runs in groups.items():
+        steps = sorted(set.intersection(*({p["step"] for p in points} for points in runs)))
+        at = [[next(p for p in points if p["step"] == s) for points in runs] for s in steps]
+        out.append({"arm": arm, "budget": budget, "seeds": len(runs), "steps": steps,
+                    "arand_mean": [float(np.mean([p["arand"] for p in ps])) for ps in at],
+                    "misses": [sum(not (p["voi"] < floor.voi and p["arand"] < floor.arand) for p in ps) for ps in at]})
+    return out
+
+
 def curve_bands(curves: dict[str, list[dict[str, Any]]]) -> list[dict[str, Any]]:
     """Per (arm, budget): the mean VOI over seeds at each validated step, with a bootstrap 95% interval.
 

@@ -25,6 +25,7 @@ from tokenunify.report.plots import save_figure
 from tokenunify.study import aggregate as agg
 from tokenunify.study.report_sections import (
     equal_minutes_note,
+    floor_curve_lines,
     main_table,
     protocol_note,
     steps_to_match_lines,
@@ -266,7 +267,7 @@ def markdown(report: dict[str, Any]) -> str:
                              for r in floor["failures"])), ""]
     if report["curves"]:
         lines += ["## VOI against fine-tuning steps", "", f"![VOI against steps]({FIGURES['curve']})", "",
-                  *steps_to_match_lines(report)]
+                  *steps_to_match_lines(report), *floor_curve_lines(report)]
     if len({p["preset"] for p in report["scaling"]}) > 1:
         lines += ["## Scaling", "", "| arm | preset | parameters | VOI |", "|---|---|---:|---:|"]
         lines += [f"| {p['arm']} | {p['preset']} | {p['parameters']:,} | {p['voi_mean']:.3f} ± {p['voi_std']:.3f} |"
@@ -306,7 +307,8 @@ def write_report(study: StudySettings, results: Sequence[dict[str, Any]], meta: 
     report = {
         "meta": meta, "runs": rows, "summary": summary, "target": agg.target_check(summary, paired),
         "paired": paired, "curve_bands": bands, "steps_to_match": agg.steps_to_match(bands),
-        "floor": {"voi": study.floor.voi, "arand": study.floor.arand, "failures": agg.floor_check(rows, study.floor)},
+        "floor": {"voi": study.floor.voi, "arand": study.floor.arand, "failures": agg.floor_check(rows, study.floor),
+                  "along_curve": agg.floor_along_curve(curves, study.floor)},
         "curves": curves, "scaling": scaling_points(rows, study),
         "tokens_seen": {r["key"]: r["tokens_seen"] for r in results if r["kind"] == "pretrain"},
         "pretraining": [{"stage": r["key"], "arm": r["arm"], "tokens": r["tokens_seen"], "steps": r["steps"],

@@ -95,6 +95,25 @@ def steps_to_match_lines(report: dict[str, Any]) -> list[str]:
             "scratch's mean VOI at its last step.", "", *lines, ""]
 
 
+def floor_curve_lines(report: dict[str, Any]) -> list[str]:
+    """The floor along the curves: mean oracle ARAND and the runs that miss the floor at each validated step."""
+    groups = report["floor"].get("along_curve") or []
+    if not groups:
+        return []
+    floor = report["floor"]
+    lines = [f"The floor along the curves: mean oracle ARAND over seeds, and in brackets the runs that do not beat "
+             f"the floor (VOI {floor['voi']}, ARAND {floor['arand']}) at that step.", ""]
+    for budget in dict.fromkeys(g["budget"] for g in groups):
+        rows = [g for g in groups if g["budget"] == budget]
+        steps = rows[0]["steps"]
+        lines += [f"| {budget} | " + " | ".join(f"step {s}" for s in steps) + " |", "|---|" + "---:|" * len(steps)]
+        for g in rows:
+            cells = [f"{a:.3f} ({m}/{g['seeds']})" for a, m in zip(g["arand_mean"], g["misses"])]
+            lines.append(f"| {g['arm']} | " + " | ".join(cells) + " |")
+        lines.append("")
+    return lines
+
+
 def equal_minutes_note(report: dict[str, Any]) -> list[str]:
     """Whether each arm of another network (the U-Net) trained for the TokenUnify arms' minutes, per budget.
 
