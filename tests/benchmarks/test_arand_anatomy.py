@@ -46,6 +46,10 @@ def test_cut_alone_is_the_arand_of_that_cut_only() -> None:
     cut = np.array([[[3, 3, 4, 4, 2, 2]]], np.uint64)  # the ground truth with only object 1 cut
     assert anatomy.cut_alone(seg, gt, 1) == adapted_rand_error(cut, gt)
     assert anatomy.cut_alone(np.ones_like(seg), gt, 1) == 0.0
+    # a piece under min_share stays with the largest piece
+    seg3 = np.array([[[7, 7, 7, 8, 9, 9]]], np.uint64)
+    assert anatomy.cut_alone(seg3, gt, 1, min_share=0.3) == 0.0
+    assert anatomy.cut_alone(seg3, gt, 1, min_share=0.25) == anatomy.cut_alone(seg3, gt, 1) > 0
 
 
 def test_cut_intensity_separates_cut_boundary_and_inside() -> None:
@@ -55,3 +59,6 @@ def test_cut_intensity_separates_cut_boundary_and_inside() -> None:
     out = anatomy.cut_intensity(seg, gt, raw, 1)
     # cut between voxels 1 and 2; voxel 4 touches object 2; voxels 0 and 3 are inside
     assert out == {"cut": 25.0, "cut_voxels": 2, "boundary": 50.0, "inside": 25.0}
+    # the 2-voxel piece is 40% of the object: below min_share 0.5 it counts as kept, so there is no cut
+    out = anatomy.cut_intensity(seg, gt, raw, 1, min_share=0.5)
+    assert np.isnan(out["cut"]) and out["cut_voxels"] == 0 and out["inside"] == 25.0
