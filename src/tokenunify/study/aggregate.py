@@ -186,6 +186,20 @@ def paired_differences(rows: Sequence[dict[str, Any]], arms: Sequence[str], budg
     return out
 
 
+def _curve_groups(curves: dict[str, list[dict[str, Any]]]) -> dict[tuple[str, str], list[list[dict[str, Any]]]]:
+    """The runs' validation points grouped by (arm, budget); `curves` maps "arm/budget/sSEED" to points."""
+    groups: dict[tuple[str, str], list[list[dict[str, Any]]]] = {}
+    for label, points in sorted(curves.items()):
+        arm, budget, _ = label.split("/")
+        groups.setdefault((arm, budget), []).append(points)
+    return groups
+
+
+def _common_steps(runs: list[list[dict[str, Any]]]) -> list[int]:
+    """The steps every run of a group validated at."""
+    return sorted(set.intersection(*({p["step"] for p in points} for points in runs)))
+
+
 def floor_along_curve(curves: dict[str, list[dict[str, Any]]], floor: FloorSettings) -> list[dict[str, Any]]:
     """Per (arm, budget) and validated step: the mean oracle ARAND over seeds and how many runs miss the floor.
 
@@ -194,13 +208,9 @@ def floor_along_curve(curves: dict[str, list[dict[str, Any]]], floor: FloorSetti
     whether runs cross it back and forth as they train. Only steps every
     seed of the group validated at count.
     """
-    groups: dict[tuple[str, str], list[list[dict[str, Any]]]] = {}
-    for label, points in sorted(curves.items()):
-        arm, budget, _ = label.split("/")
-        groups.setdefault((arm, budget), []).append(points)
     out = []
-    for (arm, budget), runs in groups.items():
-        steps = sorted(set.intersection(*({p["step"] for p in points} for points in runs)))
+    for (arm, budget), runs in _curve_groups(curves).items():
+        steps = _common_steps(runs)
         at = [[next(p for p in points if p["step"] == s) for points in runs] for s in steps]
         out.append({"arm": arm, "budget": budget, "seeds": len(runs), "steps": steps,
                     "arand_mean": [float(np.mean([p["arand"] for p in ps])) for ps in at],
@@ -215,14 +225,10 @@ def curve_bands(curves: dict[str, list[dict[str, Any]]]) -> list[dict[str, Any]]
     VOI is the cross-fitted one where every point has it, else the oracle.
     Only steps every seed of the group validated at count.
     """
-    groups: dict[tuple[str, str], list[list[dict[str, Any]]]] = {}
-    for label, points in sorted(curves.items()):
-        arm, budget, _ = label.split("/")
-        groups.setdefault((arm, budget), []).append(points)
     bands = []
-    for (arm, budget), runs in groups.items():
+    for (arm, budget), runs in _curve_groups(curves).items():
         key = "cf_voi" if all("cf_voi" in p for points in runs for p in points) else "voi"
-        steps = sorted(set.intersection(*({p["step"] for p in points} for points in runs)))
+        steps = _common_steps(runs)
         values = [[next(p[key] for p in points if p["step"] == s) for points in runs] for s in steps]
         bands.append({"arm": arm, "budget": budget, "metric": key, "seeds": len(runs), "steps": steps,
                       "mean": [float(np.mean(v)) for v in values],
