@@ -1,0 +1,36 @@
+"""benchmarks/heldout_contrast.py: the linear intensity map it scores the held-out volume with."""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+_DIR = Path(__file__).resolve().parents[2] / "benchmarks"
+sys.path.insert(0, str(_DIR))
+_spec = importlib.util.spec_from_file_location("heldout_contrast", _DIR / "heldout_contrast.py")
+contrast = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(contrast)
+
+
+def test_match_moments_hits_the_target_and_keeps_uint8() -> None:
+    raw = np.random.default_rng(0).normal(150, 55, (8, 16, 16)).clip(0, 255).astype(np.uint8)
+    out = contrast.match_moments(raw, 126.0, 32.0)
+    assert out.dtype == np.uint8
+    # rounding to integers moves the moments by well under one grey level
+    assert abs(out.mean() - 126.0) < 0.5 and abs(out.std() - 32.0) < 0.5
+    # a monotone map: the order of the voxels is kept
+    order = np.argsort(raw, axis=None, kind="stable")
+    assert np.all(np.diff(out.ravel()[order].astype(int)) >= 0)
+
+
+def test_match_moments_clips_to_the_dtype_and_refuses_a_flat_volume() -> None:
+    raw = np.array([0, 255], np.uint8)
+    assert contrast.match_moments(raw, 128.0, 500.0).tolist() == [0, 255]
+    floats = np.array([0.0, 1.0], np.float32)
+    assert contrast.match_moments(floats, 0.0, 1.0).tolist() == [-1.0, 1.0]
+    with pytest.raises(ValueError, match="one intensity"):
+        contrast.match_moments(np.full(4, 7, np.uint8), 1.0, 1.0)
