@@ -12,6 +12,7 @@ its `data.raw` over `data.train_z`). A large gap says the run's held-out
 figure measures its sensitivity to contrast more than its segmentation.
 
     python benchmarks/heldout_contrast.py runs/study/finetune [--shard 0/2] [--json out.json]
+    python benchmarks/heldout_contrast.py --merge a.json b.json   # the per-arm table of shards
 """
 
 from __future__ import annotations
@@ -52,12 +53,32 @@ def match_moments(raw: np.ndarray, mean: float, std: float) -> np.ndarray:
     return out.astype(raw.dtype)
 
 
+def summary(rows: list[dict[str, Any]]) -> str:
+    """Per arm: runs, mean ± std held-out VOI and mean ARAND, as is and matched."""
+    arms: dict[str, list[dict[str, Any]]] = {}
+    for r in rows:
+        arms.setdefault(r["run"].split("/")[0], []).append(r)
+    lines = ["| arm | runs | held-out VOI as is | matched | held-out ARAND as is | matched |", "|---|---:|---:|---:|---:|---:|"]
+    for arm, group in sorted(arms.items()):
+        cell = lambda kind, metric: np.array([r[kind][metric] for r in group])
+        spread = lambda v: f"{v.mean():.3f} ± {v.std(ddof=1):.3f}" if len(v) > 1 else f"{v.mean():.3f}"
+        lines.append(f"| {arm} | {len(group)} | {spread(cell('as_is', 'voi'))} | {spread(cell('matched', 'voi'))} | "
+                     f"{cell('as_is', 'arand').mean():.3f} | {cell('matched', 'arand').mean():.3f} |")
+    return "\n".join(lines)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("folder", type=Path, help="a study's finetune/ folder")
+    parser.add_argument("folder", type=Path, nargs="?", help="a study's finetune/ folder")
     parser.add_argument("--shard", default="0/1", help="i/n: every n-th run from the i-th")
     parser.add_argument("--json", type=Path, help="write every run's figures here")
+    parser.add_argument("--merge", type=Path, nargs="+", help="print the table of these --json files; run nothing")
     args = parser.parse_args()
+    if args.merge:
+        print(summary([r for p in args.merge for r in json.loads(p.read_text())]))
+        return
+    if args.folder is None:
+        raise SystemExit("give a study's finetune/ folder, or --merge")
     index, count = (int(x) for x in args.shard.split("/"))
     torch.set_num_threads(1)
     rows: list[dict[str, Any]] = []
@@ -82,12 +103,7 @@ def main() -> None:
         print(f"{rows[-1]['run']} threshold {threshold}: held-out as is VOI {a['voi']:.3f} ARAND {a['arand']:.3f}; "
               f"matched to the training raw (mean {reference.mean():.1f}, std {reference.std():.1f}; held-out "
               f"{raw.mean():.1f}, {raw.std():.1f}) VOI {m['voi']:.3f} ARAND {m['arand']:.3f}", flush=True)
-    arms: dict[str, list[dict[str, Any]]] = {}
-    for r in rows:
-        arms.setdefault(r["run"].split("/")[0], []).append(r)
-    for arm, group in arms.items():
-        print(f"{arm}: {len(group)} runs, held-out VOI as is {np.mean([r['as_is']['voi'] for r in group]):.3f}, "
-              f"matched {np.mean([r['matched']['voi'] for r in group]):.3f}")
+    print(summary(rows))
     if args.json:
         args.json.write_text(json.dumps(rows, indent=1))
 

@@ -34,3 +34,12 @@ def test_match_moments_clips_to_the_dtype_and_refuses_a_flat_volume() -> None:
     assert contrast.match_moments(floats, 0.0, 1.0).tolist() == [-1.0, 1.0]
     with pytest.raises(ValueError, match="one intensity"):
         contrast.match_moments(np.full(4, 7, np.uint8), 1.0, 1.0)
+
+
+def test_summary_by_hand() -> None:
+    row = lambda run, a, m: {"run": run, "as_is": {"voi": a, "arand": a / 10}, "matched": {"voi": m, "arand": m / 10}}
+    table = contrast.summary([row("unet/tiny/scarce/s0", 2.0, 0.3), row("unet/tiny/scarce/s1", 1.0, 0.5),
+                              row("mae/tiny/scarce/s0", 0.6, 0.6)])
+    lines = table.splitlines()
+    assert lines[2] == "| mae | 1 | 0.600 | 0.600 | 0.060 | 0.060 |"
+    assert lines[3] == "| unet | 2 | 1.500 ± 0.707 | 0.400 ± 0.141 | 0.150 | 0.040 |"
