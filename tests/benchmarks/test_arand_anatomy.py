@@ -2,19 +2,13 @@
 
 from __future__ import annotations
 
-import importlib.util
-import sys
-from pathlib import Path
-
 import numpy as np
 
 from tokenunify.evaluate.metrics import adapted_rand_error
 
-_DIR = Path(__file__).resolve().parents[2] / "benchmarks"
-sys.path.insert(0, str(_DIR))
-_spec = importlib.util.spec_from_file_location("arand_anatomy", _DIR / "arand_anatomy.py")
-anatomy = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(anatomy)
+from benchmark_loader import load_benchmark
+
+anatomy = load_benchmark("arand_anatomy")
 
 
 def test_terms_match_arand_on_random_labels() -> None:

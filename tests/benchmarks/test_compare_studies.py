@@ -2,17 +2,15 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import sys
 from pathlib import Path
 
 import pytest
 
-_PATH = Path(__file__).resolve().parents[2] / "benchmarks" / "compare_studies.py"
-_spec = importlib.util.spec_from_file_location("compare_studies", _PATH)
-compare = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(compare)
+from benchmark_loader import load_benchmark
+
+compare = load_benchmark("compare_studies")
 
 
 def _report(path: Path, vois: dict[tuple[str, int], float]) -> Path:

@@ -2,18 +2,12 @@
 
 from __future__ import annotations
 
-import importlib.util
-import sys
-from pathlib import Path
-
 import numpy as np
 import pytest
 
-_DIR = Path(__file__).resolve().parents[2] / "benchmarks"
-sys.path.insert(0, str(_DIR))
-_spec = importlib.util.spec_from_file_location("heldout_contrast", _DIR / "heldout_contrast.py")
-contrast = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(contrast)
+from benchmark_loader import load_benchmark
+
+contrast = load_benchmark("heldout_contrast")
 
 
 def test_match_moments_hits_the_target_and_keeps_uint8() -> None:

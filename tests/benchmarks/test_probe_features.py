@@ -2,16 +2,12 @@
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
-
 import numpy as np
 import torch
 
-_PATH = Path(__file__).resolve().parents[2] / "benchmarks" / "probe_features.py"
-_spec = importlib.util.spec_from_file_location("probe_features", _PATH)
-probe = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(probe)
+from benchmark_loader import load_benchmark
+
+probe = load_benchmark("probe_features")
 
 
 def _auc_pairs(score: np.ndarray, y: np.ndarray) -> float:

@@ -2,17 +2,13 @@
 
 from __future__ import annotations
 
-import importlib.util
-import sys
 from pathlib import Path
 
 import pytest
 
-_DIR = Path(__file__).resolve().parents[2] / "benchmarks"
-sys.path.insert(0, str(_DIR))
-_spec = importlib.util.spec_from_file_location("threshold_grid", _DIR / "threshold_grid.py")
-grid_mod = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(grid_mod)
+from benchmark_loader import load_benchmark
+
+grid_mod = load_benchmark("threshold_grid")
 
 
 def _row(t: float, voi: float, arand: float) -> dict[str, float]:
