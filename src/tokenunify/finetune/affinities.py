@@ -22,7 +22,7 @@ from tokenunify.offsets import NEAREST, check_offsets
 Offset = tuple[int, ...]
 
 
-def _edge_slices(
+def edge_slices(
     shape: Sequence[int], offset: Offset
 ) -> tuple[tuple[slice, ...], tuple[slice, ...]] | None:
     """Slices selecting every ``v`` with ``v + offset`` inside, and those neighbours.
@@ -63,7 +63,7 @@ def affinities_from_labels(
     offs = check_offsets(offsets, labels.ndim)
     affs = np.zeros((len(offs),) + labels.shape, dtype=np.float32)
     for c, off in enumerate(offs):
-        sl = _edge_slices(labels.shape, off)
+        sl = edge_slices(labels.shape, off)
         if sl is None:
             continue
         src, dst = sl
@@ -116,7 +116,7 @@ def affinity_mask(
 
     mask = np.zeros((len(offs),) + labels.shape, dtype=np.float32)
     for c, off in enumerate(offs):
-        sl = _edge_slices(labels.shape, off)
+        sl = edge_slices(labels.shape, off)
         if sl is None:
             continue
         src, dst = sl
@@ -125,6 +125,14 @@ def affinity_mask(
         else:
             mask[(c,) + src] = voxel_ok[src] & voxel_ok[dst]
     return mask
+
+
+def check_balance_clip(clip: Sequence[float], name: str = "clip") -> tuple[float, float]:
+    """`clip` as a (min, max) pair of floats; ValueError naming `name` unless ``0 < min <= max < 1``."""
+    lo, hi = (float(v) for v in clip)
+    if not 0.0 < lo <= hi < 1.0:
+        raise ValueError(f"{name} must satisfy 0 < min <= max < 1, got {list(clip)}")
+    return lo, hi
 
 
 def balance_weights(
@@ -154,9 +162,7 @@ def balance_weights(
         masked-in edge gets all-zero weights.
     """
     affs = np.asarray(affs)
-    lo, hi = float(clip[0]), float(clip[1])
-    if not (0.0 < lo <= hi < 1.0):
-        raise ValueError(f"clip must satisfy 0 < min <= max < 1, got {clip}")
+    lo, hi = check_balance_clip(clip)
     if affs.ndim < 1:
         raise ValueError("affs needs a leading channel axis")
     pos = affs > 0.5

@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from tokenunify.data.augment import AugmentConfig
+from tokenunify.finetune.affinities import check_balance_clip
 from tokenunify.offsets import MODEL_DEFAULT, Offset
 from tokenunify.postprocess.settings import SegmentSettings
 from tokenunify.predict.settings import PredictSettings
@@ -70,9 +71,7 @@ class LoopSettings(LoopBase):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        lo, hi = (float(v) for v in self.balance_clip)
-        if not 0.0 < lo <= hi < 1.0:
-            raise ValueError(f"train.balance_clip must satisfy 0 < min <= max < 1, got {list(self.balance_clip)}")
+        check_balance_clip(self.balance_clip, "train.balance_clip")
 
 
 @dataclass
