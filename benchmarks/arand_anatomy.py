@@ -40,7 +40,9 @@ from threshold_grid import study_segment_settings  # noqa: E402
 
 from tokenunify.config import load_yaml  # noqa: E402
 from tokenunify.evaluate.metrics import adapted_rand_error, contingency, rand_pairs  # noqa: E402
+from tokenunify.finetune.affinities import edge_slices  # noqa: E402
 from tokenunify.io import open_volume  # noqa: E402
+from tokenunify.offsets import NEAREST  # noqa: E402
 from tokenunify.postprocess.pipeline import segmentations  # noqa: E402
 
 
@@ -72,7 +74,7 @@ def _pieces(seg: np.ndarray, gt: np.ndarray, label: int, min_share: float) -> tu
     """Object `label`'s mask and its voxels' piece index: 0 for the largest piece, 1, 2, ... for the other
     pieces of at least `min_share` of the object, and 0 for the smaller ones (counted as kept)."""
     inside = gt == label
-    ids, index, counts = np.unique(seg[inside], return_inverse=True, return_counts=True)
+    _, index, counts = np.unique(seg[inside], return_inverse=True, return_counts=True)
     order = np.argsort(-counts, kind="stable")
     rank = np.empty_like(order)
     rank[order] = np.arange(len(order))
@@ -93,15 +95,6 @@ def cut_alone(seg: np.ndarray, gt: np.ndarray, label: int, min_share: float = 0.
     return float(adapted_rand_error(cut, gt))
 
 
-def _neighbour_pairs(shape: tuple[int, ...]):
-    """(here, there) slices of every face-adjacent voxel pair, one axis at a time."""
-    for axis in range(len(shape)):
-        here = [slice(None)] * len(shape)
-        there = [slice(None)] * len(shape)
-        here[axis], there[axis] = slice(1, None), slice(None, -1)
-        yield tuple(here), tuple(there)
-
-
 def cut_intensity(seg: np.ndarray, gt: np.ndarray, raw: np.ndarray, label: int,
                   min_share: float = 0.01) -> dict[str, float]:
     """Mean raw intensity of object `label`'s voxels on its cut (a face neighbour in another of its pieces
@@ -110,7 +103,11 @@ def cut_intensity(seg: np.ndarray, gt: np.ndarray, raw: np.ndarray, label: int,
     obj, piece = _pieces(seg, gt, label, min_share)
     on_cut = np.zeros(gt.shape, bool)
     on_boundary = np.zeros(gt.shape, bool)
-    for a, b in _neighbour_pairs(gt.shape):
+    for offset in NEAREST:
+        pair = edge_slices(gt.shape, offset)
+        if pair is None:  # an axis of length 1 has no face neighbours along it
+            continue
+        a, b = pair
         for p, q in ((a, b), (b, a)):
             on_cut[p] |= obj[p] & obj[q] & (piece[p] != piece[q])
             on_boundary[p] |= obj[p] & (gt[q] > 0) & (gt[q] != label)
@@ -141,8 +138,9 @@ def main() -> None:
         thresholds = sorted({*settings.thresholds, threshold})
         sweep = dict(segmentations(affs["validation"], offsets, settings, thresholds))  # copies per threshold
         seg = sweep[threshold]
-        lowest = min(((rand_terms(s, gt)["arand"], t) for t, s in sweep.items()))
-        row = {"run": str(run.relative_to(args.folder)), "threshold": threshold, **rand_terms(seg, gt),
+        terms = {t: rand_terms(s, gt) for t, s in sweep.items()}
+        lowest = min((terms[t]["arand"], t) for t in terms)
+        row = {"run": str(run.relative_to(args.folder)), "threshold": threshold, **terms[threshold],
                "lowest_arand": {"arand": lowest[0], "threshold": lowest[1]},
                "objects": largest_objects(seg, gt, args.objects)}
         label = row["objects"][0]["label"]

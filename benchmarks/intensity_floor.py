@@ -19,6 +19,7 @@ import numpy as np
 from scipy import ndimage
 
 from tokenunify.evaluate.sweep import format_markdown_table
+from tokenunify.finetune.affinities import edge_slices
 from tokenunify.io import open_volume
 from tokenunify.offsets import NEAREST
 from tokenunify.postprocess.pipeline import sweep_scores
@@ -31,11 +32,12 @@ def intensity_affinities(raw: np.ndarray, sigma: float) -> np.ndarray:
     lo, hi = np.percentile(smooth, [1, 99])
     smooth = np.clip((smooth - lo) / max(hi - lo, 1e-6), 0, 1)
     affs = np.zeros((3,) + raw.shape, dtype=np.float32)
-    for c in range(3):
-        here = [slice(None)] * 3
-        there = [slice(None)] * 3
-        here[c], there[c] = slice(1, None), slice(None, -1)
-        affs[c][tuple(here)] = np.minimum(smooth[tuple(here)], smooth[tuple(there)])
+    for c, offset in enumerate(NEAREST):
+        pair = edge_slices(raw.shape, offset)
+        if pair is None:  # one section: no neighbours along that axis, the channel stays 0
+            continue
+        here, there = pair
+        affs[c][here] = np.minimum(smooth[here], smooth[there])
     return affs
 
 
